@@ -1,0 +1,55 @@
+# Navarch developer entry points. `make test` and `make demo` install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: all venv testenv test unit integration lint format crds demo bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Build kube-apiserver, etcd, kubectl and helm from their pinned Go modules (cached).
+testenv:
+	hack/build-controlplane.sh
+
+## The whole suite: unit tests, then integration tests against a real control plane.
+test: venv testenv
+	$(PY) -m pytest tests -ra
+
+unit: venv
+	$(PY) -m pytest tests/unit -ra
+
+integration: venv testenv
+	$(PY) -m pytest tests/integration -ra
+
+lint: venv
+	$(VENV)/bin/ruff check navarch tests benchmarks
+	$(VENV)/bin/ruff format --check navarch tests benchmarks
+	$(VENV)/bin/mypy --strict navarch
+
+format: venv
+	$(VENV)/bin/ruff check --fix navarch tests benchmarks
+	$(VENV)/bin/ruff format navarch tests benchmarks
+
+## Regenerate crds/ and charts/navarch/crds/ from navarch/api.py.
+crds: venv
+	$(PY) -m navarch.crd
+
+## Start a local control plane, install the chart and show what is there.
+demo: venv testenv
+	$(PY) -m navarch.demo
+
+bench: venv testenv
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,58 @@
+"""Errors Navarch raises on purpose, each carrying the structured facts a caller needs."""
+
+from __future__ import annotations
+
+
+class NavarchError(Exception):
+    """Base of every error Navarch raises deliberately."""
+
+
+class ConfigError(NavarchError):
+    """Invalid configuration: the program stops with this one message."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"invalid {setting}: {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+class InvalidObjectError(NavarchError):
+    """A custom resource (or part of one) does not match the API types."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class PolicyError(NavarchError):
+    """A GpuHealthPolicy cannot be used, e.g. a rule's CEL does not compile."""
+
+    def __init__(self, policy: str, problem: str, rule: str | None = None) -> None:
+        where = f"rule {rule!r} of policy {policy!r}" if rule else f"policy {policy!r}"
+        super().__init__(f"{where}: {problem}")
+        self.policy = policy
+        self.rule = rule
+        self.problem = problem
+
+
+class NvmlUnavailableError(NavarchError):
+    """NVML could not be loaded or initialised on this node."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"NVML unavailable: {problem}")
+        self.problem = problem
+
+
+class ApiError(NavarchError):
+    """The Kubernetes API answered with an error status or could not be reached."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        prefix = f"HTTP {status}" if status is not None else "unreachable"
+        super().__init__(f"Kubernetes API {prefix}: {message}")
+        self.status = status
+        self.message = message
+
+    @property
+    def retriable(self) -> bool:
+        return self.status is None or self.status in (409, 429) or self.status >= 500

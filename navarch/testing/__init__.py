@@ -1,0 +1,1 @@
+"""Fakes at the hardware boundary, shipped so the demo and the simulator can use them too."""
