@@ -1,0 +1,275 @@
+"""GpuHealthPolicy compiled once per generation: validated spec, parsed durations, CEL programs.
+
+``compile_policy`` turns a raw ``spec`` into a :class:`CompiledPolicy` or raises
+:class:`~navarch.errors.PolicyError` with the path or rule at fault, which the shell reports in
+the policy's ``Accepted`` condition. Evaluating a compiled rule never raises: a rule that fails
+at run time (a type error, a missing key without ``has()``) counts as not matched and is
+reported as a :class:`RuleError`.
+
+Selection: when several policies select a node, the highest ``priority`` wins and a tie goes to
+the alphabetically first name, so every operator replica picks the same policy.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import cel
+
+from navarch import api
+from navarch.durations import parse_duration
+from navarch.errors import InvalidObjectError, PolicyError
+from navarch.operator import defaults, storm
+from navarch.operator.defaults import Check, RuleInputs
+from navarch.wire import from_wire
+
+VARIABLES = frozenset({"status", "labels", "gpus", "xids"})
+_MACRO_BINDING = re.compile(
+    r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,"
+)
+NO_ACTION = api.ActionSpec(taint="None", cordon=False)
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    name: str
+    severity: Literal["Degraded", "Unhealthy"]
+    expression: str
+    message: str
+    sustained_for: timedelta | None
+    program: cel.Program
+    twin: Check | None
+    """The default rule's Python twin when the expression is a default one, run instead of CEL."""
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    rule: CompiledRule
+    message: str
+    fault_time: datetime | None
+    """When the fault began, where the facts say; None for plain CEL rules."""
+
+
+@dataclass(frozen=True)
+class RuleError:
+    """A rule that could not be evaluated on one node; it counted as not matched."""
+
+    rule: str
+    message: str
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    name: str
+    generation: int | None
+    spec: api.GpuHealthPolicySpec
+    rules: tuple[CompiledRule, ...]
+    healthy_for: timedelta
+    heartbeat_timeout: timedelta
+    xid_window: timedelta
+    degraded_action: api.ActionSpec
+    unhealthy_action: api.ActionSpec
+    stale_action: api.ActionSpec
+    taint_key: str
+    dry_run: bool
+    priority: int
+    max_unhealthy: int | str
+    cel_variables: frozenset[str]
+    """Variables the CEL-evaluated rules read; only these are converted for each node."""
+
+    def governs(self, labels: Mapping[str, str]) -> bool:
+        """Whether the node selector matches; an absent or empty selector matches every node."""
+        selector = self.spec.node_selector
+        if selector is None:
+            return True
+        return all(labels.get(k) == v for k, v in selector.match_labels.items())
+
+    def action_for(self, health: str, reason: str) -> api.ActionSpec:
+        """What the policy asks for a node in this state; Unknown acts only on a stale heartbeat."""
+        if health == api.Health.UNHEALTHY.value:
+            return self.unhealthy_action
+        if health == api.Health.DEGRADED.value:
+            return self.degraded_action
+        if health == api.Health.UNKNOWN.value and reason == api.Reason.HEARTBEAT_STALE:
+            return self.stale_action
+        return NO_ACTION
+
+    def storm_limit(self, governed: int) -> int:
+        return storm.limit(self.max_unhealthy, governed)
+
+    def rule(self, name: str) -> CompiledRule | None:
+        return next((r for r in self.rules if r.name == name), None)
+
+    def evaluate_rules(self, inputs: RuleInputs) -> tuple[list[RuleMatch], list[RuleError]]:
+        """Every rule that matches, in policy order, and every rule that failed to evaluate."""
+        matches: list[RuleMatch] = []
+        errors: list[RuleError] = []
+        context: cel.Context | None = None
+        for rule in self.rules:
+            if rule.twin is not None:
+                findings = rule.twin(inputs)
+                if findings:
+                    times = [f.time for f in findings if f.time is not None]
+                    message = defaults.summarise(findings)
+                    matches.append(RuleMatch(rule, message, min(times) if times else None))
+                continue
+            if context is None:
+                context = self._context(inputs)
+            try:
+                result = rule.program.execute(context)
+            # The CEL runtime reports missing keys, type mismatches and unknown functions with
+            # assorted Python exceptions; none of them may stop the other rules.
+            except Exception as err:
+                errors.append(RuleError(rule.name, _runtime_problem(err)))
+                continue
+            if not isinstance(result, bool):
+                problem = f"expression returned {type(result).__name__}, not a bool"
+                errors.append(RuleError(rule.name, problem))
+            elif result:
+                matches.append(RuleMatch(rule, rule.message or "expression is true", None))
+        return matches, errors
+
+    def _context(self, inputs: RuleInputs) -> cel.Context:
+        # Converting values into CEL is the expensive part of evaluation, so only the
+        # variables some rule reads are added.
+        values: dict[str, Any] = {
+            "status": inputs.wire_status,
+            "labels": inputs.labels,
+            "gpus": inputs.wire_status.get("gpus") or [],
+            "xids": inputs.wire_xids,
+        }
+        context = cel.Context()
+        for name in self.cel_variables:
+            context.add_variable(name, values[name])
+        return context
+
+
+def _runtime_problem(err: Exception) -> str:
+    if isinstance(err, KeyError):
+        return f"no such key {err}; guard optional fields with has()"
+    return str(err) or type(err).__name__
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_cel(expression: str) -> cel.Program:
+    # Programs are immutable, so one compiled program serves every policy that repeats an
+    # expression (the default rules above all).
+    return cel.compile(expression)
+
+
+def compile_policy(name: str, generation: int | None, spec: Mapping[str, Any]) -> CompiledPolicy:
+    """Validate and compile a policy spec; raise PolicyError naming the field or rule at fault."""
+    try:
+        parsed = from_wire(api.GpuHealthPolicySpec, spec, "spec")
+    except InvalidObjectError as err:
+        raise PolicyError(name, str(err)) from err
+
+    recovery = parsed.recovery or api.Recovery()
+    xids = parsed.xids or api.XidPolicy()
+    actions = parsed.actions or api.Actions()
+    durations = {
+        "spec.recovery.healthyFor": recovery.healthy_for,
+        "spec.heartbeatTimeout": parsed.heartbeat_timeout,
+        "spec.xids.window": xids.window,
+    }
+    parsed_durations = {path: _duration(name, path, text) for path, text in durations.items()}
+    try:
+        storm.check_max_unhealthy(parsed.max_unhealthy)
+    except ValueError as err:
+        raise PolicyError(name, f"spec.maxUnhealthy: {err}") from err
+
+    rules = [_compile_rule(name, i, rule) for i, rule in enumerate(_all_rules(name, parsed))]
+    variables = frozenset[str]().union(*(r.program.variables() for r in rules if r.twin is None))
+    return CompiledPolicy(
+        name=name,
+        generation=generation,
+        spec=parsed,
+        rules=tuple(rules),
+        healthy_for=parsed_durations["spec.recovery.healthyFor"],
+        heartbeat_timeout=parsed_durations["spec.heartbeatTimeout"],
+        xid_window=parsed_durations["spec.xids.window"],
+        degraded_action=actions.degraded,
+        unhealthy_action=actions.unhealthy,
+        stale_action=actions.stale,
+        taint_key=parsed.taint_key,
+        dry_run=parsed.dry_run,
+        priority=parsed.priority,
+        max_unhealthy=parsed.max_unhealthy,
+        cel_variables=variables & VARIABLES,
+    )
+
+
+def _all_rules(policy: str, spec: api.GpuHealthPolicySpec) -> list[api.PolicyRule]:
+    """The policy's rules, then the default rules if included; a policy rule overrides the
+    default rule of the same name, so a policy can retune one default without copying all."""
+    seen: set[str] = set()
+    for rule in spec.rules:
+        if rule.name in seen:
+            raise PolicyError(policy, "rule name is used more than once", rule=rule.name)
+        seen.add(rule.name)
+    if not spec.include_default_rules:
+        return list(spec.rules)
+    return list(spec.rules) + [r for r in defaults.default_rules() if r.name not in seen]
+
+
+def _compile_rule(policy: str, index: int, rule: api.PolicyRule) -> CompiledRule:
+    if not rule.name:
+        raise PolicyError(policy, f"spec.rules[{index}].name: must not be empty")
+    try:
+        program = _compile_cel(rule.expression)
+    except ValueError as err:
+        raise PolicyError(policy, str(err), rule=rule.name) from err
+    unknown = set(program.variables()) - VARIABLES - _bound_names(rule.expression)
+    if unknown:
+        known = ", ".join(sorted(VARIABLES))
+        problem = f"unknown variable {', '.join(sorted(unknown))}; rules can use {known}"
+        raise PolicyError(policy, problem, rule=rule.name)
+    sustained = (
+        _duration(policy, f"spec.rules[{index}].sustainedFor", rule.sustained_for)
+        if rule.sustained_for is not None
+        else None
+    )
+    return CompiledRule(
+        name=rule.name,
+        severity=rule.severity,
+        expression=rule.expression,
+        message=rule.message,
+        sustained_for=sustained,
+        program=program,
+        twin=defaults.twin(rule.expression),
+    )
+
+
+def _bound_names(expression: str) -> set[str]:
+    """Names a comprehension macro binds, e.g. ``g`` in ``gpus.exists(g, ...)``.
+
+    The CEL library lists them among an expression's variables; they are not free variables,
+    so they must not be flagged as unknown.
+    """
+    return set(_MACRO_BINDING.findall(expression))
+
+
+def _duration(policy: str, path: str, text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise PolicyError(policy, f"{path}: {err}") from err
+
+
+def select_policy(
+    policies: Iterable[CompiledPolicy], labels: Mapping[str, str]
+) -> CompiledPolicy | None:
+    """The policy that governs a node with these labels, or None if none selects it.
+
+    Highest ``priority`` wins; a tie goes to the alphabetically first name. The operator passes
+    ``[defaults.default_policy()]`` when the cluster has no policy at all.
+    """
+    governing = [p for p in policies if p.governs(labels)]
+    if not governing:
+        return None
+    return min(governing, key=lambda p: (-p.priority, p.name))

@@ -1,0 +1,314 @@
+"""From a node's GpuNodeHealth status to the operator's verdict, as a pure function of time.
+
+XIDs are events, health is a state. An XID counts ("is active") until the first of:
+
+* a new boot: the agent keeps the XIDs of the current boot only, so nothing is done here;
+* a GPU reset: the GPU's ``resetTime`` (as the agent saw it in NVML) is later than the XID's
+  last sighting;
+* the policy's XID window has passed since its last sighting;
+* an administrator acknowledged it: the ``navarch.dev/acknowledged-before`` annotation on the
+  GpuNodeHealth holds an RFC 3339 time at or after its last sighting.
+
+Rules with ``sustainedFor`` count only once they have matched on every evaluation for that
+long. Until then they are listed in ``verdict.pending`` with the time they began matching; the
+next evaluation reads that time back from the previous verdict. An evaluation that cannot
+judge the rules (no status, invalid status, stale heartbeat) ends every pending match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from navarch import api
+from navarch.durations import format_duration
+from navarch.errors import InvalidObjectError
+from navarch.operator.defaults import RuleInputs, xid_gpu
+from navarch.operator.policy import CompiledPolicy, RuleError, RuleMatch
+from navarch.wire import format_time, from_wire, parse_time
+from navarch.xid_catalog import APPLICATION_ACTIONS
+
+MAX_MESSAGE = 1024
+"""Verdict messages end up in conditions and Events; a node with many faults must not produce
+a message nobody reads to the end."""
+
+MIN_RECHECK = timedelta(seconds=1)
+"""A deadline that has just passed must not make the shell re-evaluate in a tight loop."""
+
+_SEVERITY_ORDER = {api.Severity.UNHEALTHY: 0, api.Severity.DEGRADED: 1}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What one evaluation found: the verdict to write and what the shell should report."""
+
+    verdict: api.Verdict
+    """``action`` is what the policy asks for; the planner's ``NodePlan.verdict`` carries the
+    action actually taken (storm protection, dry run, opt-out), and is the one to write."""
+    rule_errors: tuple[RuleError, ...] = ()
+    """Rules that failed on this node; they counted as not matched."""
+    informational_xids: tuple[api.XidRecord, ...] = ()
+    """Active XIDs whose catalog action is the application's (RESTART_APP, IGNORE, ...): they
+    do not change health, but are worth an Event."""
+    warnings: tuple[str, ...] = ()
+    """Problems that did not stop the evaluation, e.g. an unparsable acknowledgement."""
+    status_error: str | None = None
+    """The path-precise problem when the status does not match the API (reason InvalidStatus)."""
+    recheck_after: timedelta | None = None
+    """Re-evaluate after this long even if nothing changes: the heartbeat deadline, the end of
+    a rule's sustainedFor, an active XID leaving the window. The planner adds its own timers
+    (``NodePlan.recheck_after``); the shell waits for the sooner of the two."""
+
+
+def evaluate(
+    status: Mapping[str, Any] | None,
+    annotations: Mapping[str, str],
+    labels: Mapping[str, str],
+    policy: CompiledPolicy,
+    now: datetime,
+    *,
+    previous: api.Verdict | None,
+) -> Evaluation:
+    """Judge one node. ``status`` is the GpuNodeHealth status in wire form, ``annotations``
+    the GpuNodeHealth's, ``labels`` the Node's, ``previous`` the verdict written last time."""
+    now = _aware(now)
+    if not status:
+        verdict = _verdict(
+            policy,
+            api.Health.UNKNOWN,
+            api.Reason.NO_STATUS,
+            "the agent has not reported yet",
+            now=now,
+            previous=previous,
+        )
+        return Evaluation(verdict)
+    try:
+        parsed = from_wire(api.GpuNodeHealthStatus, status, "status")
+    except InvalidObjectError as err:
+        verdict = _verdict(
+            policy,
+            api.Health.UNKNOWN,
+            api.Reason.INVALID_STATUS,
+            str(err),
+            now=now,
+            previous=previous,
+        )
+        return Evaluation(verdict, status_error=str(err))
+
+    stale = _stale_heartbeat(parsed.last_heartbeat_time, policy.heartbeat_timeout, now)
+    if stale is not None:
+        verdict = _verdict(
+            policy,
+            api.Health.UNKNOWN,
+            api.Reason.HEARTBEAT_STALE,
+            stale,
+            now=now,
+            previous=previous,
+            fault_time=parsed.last_heartbeat_time,
+        )
+        return Evaluation(verdict)
+
+    warnings: list[str] = []
+    acknowledged = _acknowledged_before(annotations, warnings)
+    raw_xids = status.get("xids") or []
+    active = [
+        i
+        for i, xid in enumerate(parsed.xids)
+        if is_active(xid, parsed.gpus, policy.xid_window, acknowledged, now)
+    ]
+    inputs = RuleInputs(
+        status=parsed,
+        xids=[parsed.xids[i] for i in active],
+        labels=labels,
+        wire_status={k: v for k, v in status.items() if k in api.AGENT_STATUS_KEYS},
+        wire_xids=[raw_xids[i] for i in active],
+    )
+    matches, errors = policy.evaluate_rules(inputs)
+    counted, pending = _sustain(matches, previous, now)
+
+    if any(m.rule.severity == api.Severity.UNHEALTHY.value for m, _ in counted):
+        health = api.Health.UNHEALTHY
+    elif counted:
+        health = api.Health.DEGRADED
+    else:
+        health = api.Health.HEALTHY
+
+    if health == api.Health.HEALTHY.value:
+        reason = api.Reason.ALL_CHECKS_PASSED
+        message = _healthy_message(len(policy.rules), pending, errors)
+        fault_time = None
+    else:
+        reason = api.Reason.RULE_MATCHED
+        message = _truncate("; ".join(f"{m.rule.name}: {m.message}" for m, _ in counted))
+        fault_time = min(
+            m.fault_time or since for m, since in counted if m.rule.severity == health.value
+        )
+
+    verdict = _verdict(
+        policy, health, reason, message, now=now, previous=previous, fault_time=fault_time
+    )
+    verdict.rules = [_matched(m, since) for m, since in counted]
+    verdict.pending = [_matched(m, since) for m, since in pending]
+    informational = tuple(x for x in inputs.xids if x.immediate_action in APPLICATION_ACTIONS)
+    return Evaluation(
+        verdict,
+        rule_errors=tuple(errors),
+        informational_xids=informational,
+        warnings=tuple(warnings),
+        recheck_after=_recheck(parsed, inputs.xids, pending, policy, now),
+    )
+
+
+def is_active(
+    xid: api.XidRecord,
+    gpus: Sequence[api.GpuStatus],
+    window: timedelta,
+    acknowledged_before: datetime | None,
+    now: datetime,
+) -> bool:
+    """Whether an XID still counts towards health (see the module docstring)."""
+    seen = xid.last_time or xid.time
+    if seen < now - window:
+        return False
+    if acknowledged_before is not None and seen <= acknowledged_before:
+        return False
+    gpu = xid_gpu(xid, gpus)
+    return not (gpu is not None and gpu.reset_time is not None and seen < gpu.reset_time)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _stale_heartbeat(last: datetime | None, timeout: timedelta, now: datetime) -> str | None:
+    if last is None:
+        return "the agent has never reported a heartbeat"
+    age = now - last
+    if age <= timeout:
+        return None
+    return (
+        f"no heartbeat from the agent for {format_duration(age)} "
+        f"(heartbeatTimeout {format_duration(timeout)}), last at {format_time(last)}"
+    )
+
+
+def _acknowledged_before(annotations: Mapping[str, str], warnings: list[str]) -> datetime | None:
+    text = annotations.get(api.ACK_ANNOTATION)
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError:
+        warnings.append(
+            f"annotation {api.ACK_ANNOTATION}={text!r} is not an RFC 3339 time and is ignored"
+        )
+        return None
+
+
+def _sustain(
+    matches: Sequence[RuleMatch], previous: api.Verdict | None, now: datetime
+) -> tuple[list[tuple[RuleMatch, datetime]], list[tuple[RuleMatch, datetime]]]:
+    """Split matches into counted and pending, each with the time it began matching."""
+    began: dict[str, datetime] = {}
+    if previous is not None:
+        for rule in [*previous.rules, *previous.pending]:
+            if rule.since is not None:
+                began[rule.name] = rule.since
+    counted, pending = [], []
+    for match in matches:
+        since = min(began.get(match.rule.name, now), now)
+        sustained = match.rule.sustained_for
+        if sustained is not None and now - since < sustained:
+            pending.append((match, since))
+        else:
+            counted.append((match, since))
+    counted.sort(key=lambda item: _SEVERITY_ORDER[api.Severity(item[0].rule.severity)])
+    return counted, pending
+
+
+def _matched(match: RuleMatch, since: datetime) -> api.MatchedRule:
+    return api.MatchedRule(
+        name=match.rule.name, severity=match.rule.severity, message=match.message, since=since
+    )
+
+
+def _verdict(
+    policy: CompiledPolicy,
+    health: api.Health,
+    reason: api.Reason,
+    message: str,
+    *,
+    now: datetime,
+    previous: api.Verdict | None,
+    fault_time: datetime | None = None,
+) -> api.Verdict:
+    unchanged = previous is not None and previous.health == health
+    since = previous.since if unchanged and previous is not None else None
+    if fault_time is not None and unchanged and previous is not None and previous.fault_time:
+        # While the node stays in the same state the fault keeps its first time, so storm
+        # ordering and fault-to-action latency do not reset when the set of faults shifts.
+        fault_time = min(fault_time, previous.fault_time)
+    action = policy.action_for(health, reason)
+    return api.Verdict(
+        health=health.value,
+        action=action_name(action.taint != api.TaintEffect.NONE.value, action.cordon),
+        reason=reason.value,
+        message=message,
+        policy=policy.name,
+        since=since or now,
+        fault_time=fault_time,
+    )
+
+
+def action_name(taint: bool, cordon: bool) -> str:
+    """The verdict's action for a quarantine of a taint, a cordon, both or neither."""
+    if taint and cordon:
+        return api.Action.TAINT_AND_CORDON.value
+    if taint:
+        return api.Action.TAINT.value
+    if cordon:
+        return api.Action.CORDON.value
+    return api.Action.NONE.value
+
+
+def _healthy_message(
+    rules: int, pending: Sequence[tuple[RuleMatch, datetime]], errors: Sequence[RuleError]
+) -> str:
+    message = f"all {rules} rules passed"
+    for match, since in pending:
+        sustained = match.rule.sustained_for or timedelta(0)
+        message += (
+            f"; {match.rule.name} matching since {format_time(since)}, counts after "
+            f"{format_duration(sustained)}: {match.message}"
+        )
+    if errors:
+        names = ", ".join(e.rule for e in errors)
+        message += f"; could not evaluate {names}"
+    return _truncate(message)
+
+
+def _truncate(message: str) -> str:
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return message[: MAX_MESSAGE - 1] + "…"
+
+
+def _recheck(
+    status: api.GpuNodeHealthStatus,
+    active_xids: Sequence[api.XidRecord],
+    pending: Sequence[tuple[RuleMatch, datetime]],
+    policy: CompiledPolicy,
+    now: datetime,
+) -> timedelta | None:
+    deadlines: list[datetime] = []
+    if status.last_heartbeat_time is not None:
+        deadlines.append(status.last_heartbeat_time + policy.heartbeat_timeout)
+    for match, since in pending:
+        if match.rule.sustained_for is not None:
+            deadlines.append(since + match.rule.sustained_for)
+    deadlines.extend((x.last_time or x.time) + policy.xid_window for x in active_xids)
+    if not deadlines:
+        return None
+    return max(min(deadlines) - now, MIN_RECHECK)
