@@ -113,6 +113,8 @@ class Reason(enum.StrEnum):
 def doc(description: str, default: Any = None, **schema: Any) -> Any:
     """A dataclass field with the description (and extra schema keywords) the CRD shows."""
     meta = {"description": description, "schema": schema}
+    if isinstance(default, list | dict) and not default:
+        return dataclasses.field(default_factory=type(default), metadata=meta)
     if isinstance(default, list | dict) or dataclasses.is_dataclass(default):
         template = default
         return dataclasses.field(default_factory=lambda: copy.deepcopy(template), metadata=meta)

@@ -12,6 +12,7 @@ import enum
 import functools
 import types
 import typing
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -63,79 +64,189 @@ def type_hints(cls: type) -> dict[str, Any]:
 
 def from_wire(cls: type[T], data: Any, path: str = "") -> T:
     """Build ``cls`` from wire data, raising InvalidObjectError at the first bad value."""
-    return typing.cast(T, _convert(cls, data, path or cls.__name__))
+    try:
+        return typing.cast(T, converter(typing.cast(Any, cls))(data))
+    except _Invalid as err:
+        where = (path or cls.__name__) + "".join(reversed(err.where))
+        raise InvalidObjectError(where, err.problem) from None
 
 
-def _convert(hint: Any, data: Any, path: str) -> Any:
+_ABSENT = object()
+
+
+class _Invalid(Exception):  # noqa: N818 - internal signal, never escapes from_wire
+    """Raised inside converters; the path is collected on the way out, only on failure."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.where: list[str] = []
+
+
+Converter = Callable[[Any], Any]
+
+
+@functools.cache
+def converter(hint: Any) -> Converter:
+    """A checking converter for ``hint``, built once per type: statuses are read in bulk."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if data is None and type(None) in args:
+        return _union(args)
+    if origin is list:
+        return _list(converter(args[0]))
+    if origin is dict:
+        return _dict(converter(args[1]))
+    if origin is Literal:
+        return _literal(args)
+    if dataclasses.is_dataclass(hint):
+        return _dataclass(typing.cast(type, hint))
+    if hint is datetime:
+        return _time
+    if hint in SCALAR_TYPES:
+        return _scalar(hint)
+    if hint is Any:
+        return lambda data: data
+    raise TypeError(f"unsupported type {hint!r}")
+
+
+def _union(args: tuple[Any, ...]) -> Converter:
+    nullable = type(None) in args
+    hints = [a for a in args if a is not type(None)]
+    if len(hints) == 1 and hints[0] in SCALAR_TYPES:
+        return _scalar(hints[0], nullable=nullable)
+    options = [converter(a) for a in hints]
+    if len(options) == 1:
+        only = options[0]
+
+        def optional(data: Any) -> Any:
+            return None if data is None and nullable else only(data)
+
+        return optional
+
+    def convert(data: Any) -> Any:
+        if data is None and nullable:
             return None
-        options = [a for a in args if a is not type(None)]
-        errors = []
+        problems = []
         for option in options:
             try:
-                return _convert(option, data, path)
-            except InvalidObjectError as err:
-                errors.append(err.problem)
-        raise InvalidObjectError(path, " or ".join(errors))
-    if data is None:
-        raise InvalidObjectError(path, "must not be null")
-    if origin is list:
+                return option(data)
+            except _Invalid as err:
+                problems.append(err.problem)
+        raise _Invalid(" or ".join(problems))
+
+    return convert
+
+
+def _list(item: Converter) -> Converter:
+    def convert(data: Any) -> Any:
         if not isinstance(data, list):
-            raise InvalidObjectError(path, f"expected a list, got {type(data).__name__}")
-        return [_convert(args[0], item, f"{path}[{i}]") for i, item in enumerate(data)]
-    if origin is dict:
-        if not isinstance(data, dict):
-            raise InvalidObjectError(path, f"expected an object, got {type(data).__name__}")
-        return {str(k): _convert(args[1], v, f"{path}.{k}") for k, v in data.items()}
-    if origin is Literal:
-        if data not in args:
-            allowed = ", ".join(map(str, args))
-            raise InvalidObjectError(path, f"must be one of {allowed}, got {data!r}")
-        return data
-    if dataclasses.is_dataclass(hint):
-        return _convert_dataclass(typing.cast(type, hint), data, path)
-    return _convert_scalar(hint, data, path)
-
-
-def _convert_dataclass(cls: type, data: Any, path: str) -> Any:
-    if not isinstance(data, dict):
-        raise InvalidObjectError(path, f"expected an object, got {type(data).__name__}")
-    hints = type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        key = camel(f.name)
-        if key in data:
-            kwargs[f.name] = _convert(hints[f.name], data[key], f"{path}.{key}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise InvalidObjectError(f"{path}.{key}", "is required")
-    return cls(**kwargs)
-
-
-def _convert_scalar(hint: Any, data: Any, path: str) -> Any:
-    if hint is datetime:
-        if isinstance(data, str):
+            raise _Invalid(f"expected a list, got {_kind(data)}")
+        out = []
+        for i, value in enumerate(data):
             try:
-                return parse_time(data)
-            except ValueError:
-                pass
-        raise InvalidObjectError(path, f"expected an RFC 3339 time, got {data!r}")
-    if hint is bool:
-        if isinstance(data, bool):
+                out.append(item(value))
+            except _Invalid as err:
+                err.where.append(f"[{i}]")
+                raise
+        return out
+
+    return convert
+
+
+def _dict(item: Converter) -> Converter:
+    def convert(data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise _Invalid(f"expected an object, got {_kind(data)}")
+        out = {}
+        for key, value in data.items():
+            try:
+                out[str(key)] = item(value)
+            except _Invalid as err:
+                err.where.append(f".{key}")
+                raise
+        return out
+
+    return convert
+
+
+def _literal(allowed: tuple[Any, ...]) -> Converter:
+    choices = frozenset(allowed)
+    listed = ", ".join(map(str, allowed))
+
+    def convert(data: Any) -> Any:
+        if isinstance(data, str) and data in choices:
             return data
-    elif hint is int:
-        if isinstance(data, int) and not isinstance(data, bool):
-            return data
-    elif hint is float:
-        if isinstance(data, int | float) and not isinstance(data, bool):
-            return float(data)
-    elif hint is str:
-        if isinstance(data, str):
-            return data
-    elif hint is Any:
-        return data
-    else:
-        raise TypeError(f"{path}: unsupported type {hint!r}")
-    raise InvalidObjectError(path, f"expected {hint.__name__}, got {type(data).__name__} {data!r}")
+        raise _Invalid(f"must be one of {listed}, got {data!r}")
+
+    return convert
+
+
+def _dataclass(cls: type) -> Converter:
+    hints = type_hints(cls)
+    fields = [
+        (
+            f.name,
+            camel(f.name),
+            converter(hints[f.name]),
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
+        for f in dataclasses.fields(cls)
+    ]
+
+    def convert(data: Any) -> Any:
+        if not isinstance(data, dict):
+            problem = (
+                "must not be null" if data is None else f"expected an object, got {_kind(data)}"
+            )
+            raise _Invalid(problem)
+        kwargs: dict[str, Any] = {}
+        for name, key, convert_field, required in fields:
+            value = data.get(key, _ABSENT)
+            if value is not _ABSENT:
+                try:
+                    kwargs[name] = convert_field(value)
+                except _Invalid as err:
+                    err.where.append(f".{key}")
+                    raise
+            elif required:
+                missing = _Invalid("is required")
+                missing.where.append(f".{key}")
+                raise missing
+        return cls(**kwargs)
+
+    return convert
+
+
+def _time(data: Any) -> datetime:
+    if isinstance(data, str):
+        try:
+            return parse_time(data)
+        except ValueError:
+            pass
+    raise _Invalid(f"expected an RFC 3339 time, got {data!r}")
+
+
+SCALAR_TYPES = (bool, int, float, str)
+
+
+def _scalar(hint: type, *, nullable: bool = False) -> Converter:
+    # Exact type checks: bool is an int subclass, and JSON never yields other subclasses.
+    accepted = (int, float) if hint is float else (hint,)
+    as_float = hint is float
+
+    def convert(data: Any) -> Any:
+        kind = type(data)
+        if kind in accepted:
+            return float(data) if as_float else data
+        if data is None:
+            if nullable:
+                return None
+            raise _Invalid("must not be null")
+        raise _Invalid(f"expected {hint.__name__}, got {kind.__name__} {data!r}")
+
+    return convert
+
+
+def _kind(data: Any) -> str:
+    return type(data).__name__
