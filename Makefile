@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv testenv test unit integration lint format crds demo bench clean
+.PHONY: all venv testenv test unit integration lint format generate demo bench clean
 
 all: test
 
@@ -40,9 +40,10 @@ format: venv
 	$(VENV)/bin/ruff check --fix navarch tests benchmarks
 	$(VENV)/bin/ruff format navarch tests benchmarks
 
-## Regenerate crds/ and charts/navarch/crds/ from navarch/api.py.
-crds: venv
+## Regenerate crds/, charts/navarch/crds/ and the chart's default policy from the code.
+generate: venv
 	$(PY) -m navarch.crd
+	$(PY) -m navarch.operator.defaults
 
 ## Start a local control plane, install the chart and show what is there.
 demo: venv testenv

@@ -14,7 +14,7 @@ from navarch import crd
 def test_committed_crds_match_the_api_types(directory: Any) -> None:
     for name, text in crd.manifests().items():
         committed = (directory / name).read_text()
-        assert committed == text, f"{directory / name} is stale: run `make crds`"
+        assert committed == text, f"{directory / name} is stale: run `make generate`"
 
 
 def walk(schema: dict[str, Any], path: str) -> list[str]:
