@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 from navarch.api import XidSource
 from navarch.node_agent.observation import XidEvent
+from navarch.pci import normalize_pci_bus_id
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,6 @@ _XID = re.compile(
     r"\): (?P<code>[0-9]{1,6}),(?P<message>.*)"
 )
 _KMSG_HEADER = re.compile(r"([0-9]{1,3}),([0-9]{1,20}),([0-9]{1,20}),[^;]*;")
-_PCI = re.compile(
-    r"(?:PCI:)?(?:(?P<domain>[0-9A-Fa-f]{1,8}):)?(?P<bus>[0-9A-Fa-f]{1,2}):"
-    r"(?P<device>[0-9A-Fa-f]{1,2})(?:\.(?P<function>[0-7]))?"
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,22 +63,6 @@ class ParsedXid:
     """The ``/dev/kmsg`` record time: microseconds since boot, for kmsg records."""
     line: str
     """The line without its line terminator."""
-
-
-def normalize_pci_bus_id(text: str) -> str:
-    """A PCI bus id as ``dddd:bb:dd.f``, lower case.
-
-    Accepts NVML's ``00000000:3B:00.0``, the driver's ``0000:3b:00`` and a bare ``3b:00.0``;
-    a missing domain is 0 and a missing function is 0. Raises ValueError for anything else.
-    """
-    match = _PCI.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"not a PCI bus id: {text!r}")
-    domain = int(match["domain"] or "0", 16)
-    bus = int(match["bus"], 16)
-    device = int(match["device"], 16)
-    function = int(match["function"] or "0")
-    return f"{domain:04x}:{bus:02x}:{device:02x}.{function}"
 
 
 def parse_xid(line: str) -> ParsedXid | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from navarch.api import (
     XidSource,
 )
 from navarch.node_agent.observation import NvmlSnapshot, XidEvent
+from navarch.pci import normalize_pci_bus_id
 
 log = logging.getLogger(__name__)
 
@@ -70,27 +70,6 @@ _ERROR_NAMES = {
 # A wake-up drains whatever else is queued, up to this many events, without blocking.
 _DRAIN_LIMIT = 64
 _MAX_WAIT_MS = 2**32 - 1
-
-_PCI = re.compile(
-    r"(?:(?P<domain>[0-9A-Fa-f]{1,8}):)?(?P<bus>[0-9A-Fa-f]{1,2}):"
-    r"(?P<device>[0-9A-Fa-f]{1,2})(?:\.(?P<function>[0-7]))?"
-)
-
-
-def normalize_pci_bus_id(text: str) -> str:
-    """A PCI bus id as ``dddd:bb:dd.f``, lower case, e.g. ``0000:3b:00.0``.
-
-    Accepts NVML's ``00000000:3B:00.0``, the kernel log's ``0000:3b:00`` and a bare
-    ``3b:00.0``; a missing domain or function is 0. Raises ValueError for anything else.
-    """
-    match = _PCI.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"not a PCI bus id: {text!r}")
-    domain = int(match["domain"] or "0", 16)
-    bus = int(match["bus"], 16)
-    device = int(match["device"], 16)
-    function = int(match["function"] or "0")
-    return f"{domain:04x}:{bus:02x}:{device:02x}.{function}"
 
 
 def describe_error(error: pynvml.NVMLError) -> str:

@@ -14,7 +14,6 @@ from navarch.api import XidSource
 from navarch.node_agent.kmsg import (
     KmsgWatcher,
     ParsedXid,
-    normalize_pci_bus_id,
     parse_xid,
     scan,
 )
@@ -235,27 +234,6 @@ def test_parse_xid_reads_real_driver_lines_with_any_prefix(case: XidCase) -> Non
 @pytest.mark.parametrize("line", NOT_XID_LINES)
 def test_parse_xid_ignores_sxids_prose_truncated_and_garbage_lines(line: str) -> None:
     assert parse_xid(line) is None
-
-
-@pytest.mark.parametrize(
-    ("text", "normalised"),
-    [
-        ("00000000:3B:00.0", "0000:3b:00.0"),
-        ("0000:3b:00", "0000:3b:00.0"),
-        ("3b:00.0", "0000:3b:00.0"),
-        ("PCI:0000:AF:00.1", "0000:af:00.1"),
-        ("0008:01:00", "0008:01:00.0"),
-        (" 0000:3b:1f.7 ", "0000:3b:1f.7"),
-    ],
-)
-def test_normalize_pci_bus_id_accepts_nvml_and_driver_forms(text: str, normalised: str) -> None:
-    assert normalize_pci_bus_id(text) == normalised
-
-
-@pytest.mark.parametrize("text", ["", "3b", "0000:3b:00.8", "gpu0", "0000:3b:00:00"])
-def test_normalize_pci_bus_id_rejects_what_is_not_a_bus_id(text: str) -> None:
-    with pytest.raises(ValueError, match="not a PCI bus id"):
-        normalize_pci_bus_id(text)
 
 
 def test_scan_yields_only_the_xids_in_order() -> None:

@@ -21,7 +21,6 @@ from navarch.node_agent.nvml import (
     NvmlCollector,
     NvmlSession,
     NvmlXidWatcher,
-    normalize_pci_bus_id,
 )
 from navarch.node_agent.observation import XidEvent
 from navarch.testing.fake_nvml import (
@@ -472,28 +471,6 @@ def test_closed_watcher_returns_at_once(scenario: Path, session: NvmlSession) ->
 
     assert watcher.wait(5.0) == []
     assert time.monotonic() - started < 4.0
-
-
-@pytest.mark.parametrize(
-    ("bus_id", "normalised"),
-    [
-        ("00000000:3B:00.0", "0000:3b:00.0"),
-        ("0000:3b:00.0", "0000:3b:00.0"),
-        ("0000:3b:00", "0000:3b:00.0"),
-        ("3b:00.0", "0000:3b:00.0"),
-        ("00000001:B3:1F.7", "0001:b3:1f.7"),
-        ("00010000:01:00.0", "10000:01:00.0"),
-        (" 00000000:3B:00.0\n", "0000:3b:00.0"),
-    ],
-)
-def test_normalize_pci_bus_id(bus_id: str, normalised: str) -> None:
-    assert normalize_pci_bus_id(bus_id) == normalised
-
-
-@pytest.mark.parametrize("garbage", ["", "GPU-0", "3b", "0000:3b:00.8", "zz:00.0"])
-def test_normalize_pci_bus_id_rejects_what_is_not_a_bus_id(garbage: str) -> None:
-    with pytest.raises(ValueError, match="not a PCI bus id"):
-        normalize_pci_bus_id(garbage)
 
 
 def test_collector_and_watcher_share_one_session_across_threads(
