@@ -1,0 +1,35 @@
+"""Exponential backoff with jitter, for retrying the API server."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+
+class Backoff:
+    """Delays of ``base * 2**n`` up to ``cap`` seconds, each scaled by a random factor in
+    [0.5, 1], so that agents on many nodes that lost the API server together do not all
+    come back in the same instant.
+    """
+
+    def __init__(
+        self, base: float = 0.5, cap: float = 30.0, rand: Callable[[], float] = random.random
+    ) -> None:
+        self._base = base
+        self._cap = cap
+        self._rand = rand
+        self._failures = 0
+
+    @property
+    def failures(self) -> int:
+        """Failures since the last success."""
+        return self._failures
+
+    def next_delay(self) -> float:
+        """Count one more failure and return how long to wait before the next try."""
+        delay = min(self._cap, self._base * 2.0 ** min(self._failures, 32))
+        self._failures += 1
+        return delay * (0.5 + 0.5 * self._rand())
+
+    def reset(self) -> None:
+        self._failures = 0
