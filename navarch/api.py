@@ -108,6 +108,8 @@ class Reason(enum.StrEnum):
     GPU_UNHEALTHY = "GpuUnhealthy"
     GPU_DEGRADED = "GpuDegraded"
     XID_RECORDED = "XidRecorded"
+    NOT_GOVERNED = "NotGoverned"
+    NODE_NOT_FOUND = "NodeNotFound"
 
 
 def doc(description: str, default: Any = None, **schema: Any) -> Any:
@@ -274,6 +276,10 @@ class Verdict:
     )
     since: datetime | None = doc("When the node entered this health state.")
     fault_time: datetime | None = doc("Time of the earliest fault behind a quarantine.")
+    xid_events_until: datetime | None = doc(
+        "XidRecorded Events have been emitted for informational XIDs first seen up to this "
+        "time, so a restarted operator does not repeat them."
+    )
 
 
 @dataclass(kw_only=True)
@@ -286,6 +292,24 @@ class Condition:
     message: str = doc("Human-readable details.", default="")
     last_transition_time: datetime | None = doc("When the status last changed.")
     observed_generation: int | None = doc("The .metadata.generation this was computed from.")
+
+
+def set_condition(
+    conditions: list[Condition], condition: Condition, now: datetime
+) -> list[Condition]:
+    """``conditions`` with ``condition`` put in place of the one of its type.
+
+    ``lastTransitionTime`` moves to ``now`` only when the status flips (or the type is new), so
+    it says how long the condition has held, whatever its reason and message did meanwhile.
+    """
+    current = next((c for c in conditions if c.type == condition.type), None)
+    since = now
+    if current is not None and current.status == condition.status:
+        since = current.last_transition_time or now
+    stamped = dataclasses.replace(condition, last_transition_time=since)
+    if current is None:
+        return [*conditions, stamped]
+    return [stamped if c.type == condition.type else c for c in conditions]
 
 
 @dataclass(kw_only=True)

@@ -548,13 +548,18 @@ def _events(
     message = verdict.message or ""
     health_changed = previous is None or previous.health != verdict.health
     action_changed = previous is None or previous.action != verdict.action
-    if health_changed:
-        if verdict.health == api.Health.UNHEALTHY.value:
-            events.append(Event("Warning", api.Reason.GPU_UNHEALTHY.value, message))
-        elif verdict.health == api.Health.DEGRADED.value:
-            events.append(Event("Warning", api.Reason.GPU_DEGRADED.value, message))
-        elif verdict.reason in (api.Reason.HEARTBEAT_STALE, api.Reason.INVALID_STATUS):
-            events.append(Event("Warning", verdict.reason, message))
+    # Unknown has several causes: a node going from "no status yet" to "invalid status" or
+    # to "stale heartbeat" stays Unknown, and is still news.
+    reason_changed = previous is None or previous.reason != verdict.reason
+    if health_changed and verdict.health == api.Health.UNHEALTHY.value:
+        events.append(Event("Warning", api.Reason.GPU_UNHEALTHY.value, message))
+    elif health_changed and verdict.health == api.Health.DEGRADED.value:
+        events.append(Event("Warning", api.Reason.GPU_DEGRADED.value, message))
+    elif reason_changed and verdict.reason in (
+        api.Reason.HEARTBEAT_STALE,
+        api.Reason.INVALID_STATUS,
+    ):
+        events.append(Event("Warning", verdict.reason, message))
 
     what = _describe(changes)
     if changes.mutates and applies:

@@ -185,12 +185,13 @@ def _aware(value: datetime) -> datetime:
 def _stale_heartbeat(last: datetime | None, timeout: timedelta, now: datetime) -> str | None:
     if last is None:
         return "the agent has never reported a heartbeat"
-    age = now - last
-    if age <= timeout:
+    if now - last <= timeout:
         return None
+    # No age in the message: it would change on every evaluation, and the condition and verdict
+    # written from it with it, so each write's own watch event would cause the next write.
     return (
-        f"no heartbeat from the agent for {format_duration(age)} "
-        f"(heartbeatTimeout {format_duration(timeout)}), last at {format_time(last)}"
+        f"no heartbeat from the agent since {format_time(last)}, "
+        f"longer than heartbeatTimeout {format_duration(timeout)}"
     )
 
 

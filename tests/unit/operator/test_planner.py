@@ -390,6 +390,14 @@ def test_unknown_health_never_releases() -> None:
         assert (result.condition.status, result.condition.reason) == ("Unknown", reason)
 
 
+def test_a_new_cause_of_unknown_health_is_an_event_once() -> None:
+    no_status = verdict("Unknown", reason="NoStatus", message="the agent has not reported yet")
+    invalid = verdict("Unknown", reason="InvalidStatus", message="status.gpus[0]: is required")
+    first = planned(invalid, node(), previous=no_status)
+    assert [(e.type, e.reason) for e in first.events] == [("Warning", "InvalidStatus")]
+    assert planned(invalid, node(), previous=first.verdict).events == ()
+
+
 def test_stale_action_applies_on_top_of_what_is_held() -> None:
     policy = compile_policy("p", 1, {"actions": {"stale": {"taint": "None", "cordon": True}}})
     result = planned(verdict("Unknown"), node(), policy)

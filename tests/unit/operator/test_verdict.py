@@ -95,16 +95,26 @@ def test_missing_heartbeat_is_stale() -> None:
     assert verdict.message == "the agent has never reported a heartbeat"
 
 
-def test_old_heartbeat_is_stale_with_its_age_even_when_rules_match() -> None:
+def test_old_heartbeat_is_stale_with_its_time_even_when_rules_match() -> None:
     st = status(lastHeartbeatTime=ago(minutes=3, seconds=12), xids=[xid()])
     evaluation = run(st)
     verdict = evaluation.verdict
     assert (verdict.health, verdict.reason, verdict.action) == ("Unknown", "HeartbeatStale", "None")
-    assert "3m12s" in (verdict.message or "")
+    assert st["lastHeartbeatTime"] in (verdict.message or "")
     assert "heartbeatTimeout 2m" in (verdict.message or "")
     assert verdict.rules == []
     assert verdict.fault_time == NOW - timedelta(minutes=3, seconds=12)
     assert evaluation.recheck_after is None
+
+
+def test_stale_message_does_not_change_while_the_heartbeat_stays_away() -> None:
+    # The message feeds the Node condition: if it moved with the clock, every write would
+    # trigger the next one through its own watch event.
+    st = status(lastHeartbeatTime=ago(minutes=5))
+    first = run(st).verdict
+    later = evaluate(st, {}, {}, POLICY, NOW + timedelta(minutes=7), previous=first).verdict
+    assert later.message == first.message
+    assert later.since == first.since
 
 
 def test_heartbeat_exactly_at_the_timeout_is_fresh() -> None:

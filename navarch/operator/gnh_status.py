@@ -1,0 +1,148 @@
+"""What the operator writes into a GpuNodeHealth's status: ``verdict`` and ``conditions``.
+
+Those are the operator's keys; the agent owns the rest. The patch is a JSON merge patch of
+exactly these two keys. Merge patches merge objects key by key, so the verdict is sent with
+every field, absent ones as null: a field the new verdict leaves out (a ``faultTime`` after
+recovery) must disappear, not linger from the last write. ``conditions`` is a list, which a
+merge patch replaces whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+from navarch import api
+from navarch.errors import InvalidObjectError
+from navarch.wire import camel, from_wire, to_wire
+
+QUARANTINE_ACTIONS = frozenset(
+    {api.Action.TAINT.value, api.Action.CORDON.value, api.Action.TAINT_AND_CORDON.value}
+)
+
+_HEALTH_STATUS: dict[str, Literal["True", "False"]] = {
+    api.Health.HEALTHY.value: "True",
+    api.Health.DEGRADED.value: "False",
+    api.Health.UNHEALTHY.value: "False",
+}
+
+
+def unjudged(
+    reason: api.Reason, message: str, previous: api.Verdict | None, now: datetime
+) -> api.Verdict:
+    """The verdict of a node no policy judges: its Node is missing or no policy selects it."""
+    since = previous.since if previous and previous.reason == reason.value else None
+    return api.Verdict(
+        health=api.Health.UNKNOWN.value,
+        action=api.Action.NONE.value,
+        reason=reason.value,
+        message=message,
+        since=since or now,
+    )
+
+
+def conditions(
+    current: list[api.Condition],
+    verdict: api.Verdict,
+    *,
+    quarantined: bool,
+    status_error: str | None,
+    checked: bool,
+    generation: int | None,
+    now: datetime,
+) -> list[api.Condition]:
+    """The GpuNodeHealth's conditions after this verdict.
+
+    ``quarantined`` says whether the Node holds Navarch's quarantine once the plan is applied;
+    ``checked`` whether the status was validated at all (a node no policy judges is not), so
+    ``StatusValid`` is left as it was when it was not.
+    """
+    health = api.Condition(
+        type=api.ConditionType.HEALTHY.value,
+        status=_HEALTH_STATUS.get(verdict.health, "Unknown"),
+        reason=verdict.reason,
+        message=verdict.message or "",
+        observed_generation=generation,
+    )
+    out = api.set_condition(current, health, now)
+    out = api.set_condition(out, _quarantined(verdict, quarantined, generation), now)
+    if checked:
+        valid = api.Condition(
+            type=api.ConditionType.STATUS_VALID.value,
+            status="True",
+            reason=api.Reason.VALID.value,
+            message="the status matches the GpuNodeHealth API",
+            observed_generation=generation,
+        )
+        if status_error:
+            valid.status, valid.reason = "False", api.Reason.INVALID_STATUS.value
+            valid.message = status_error
+        out = api.set_condition(out, valid, now)
+    return out
+
+
+def _quarantined(verdict: api.Verdict, quarantined: bool, generation: int | None) -> api.Condition:
+    policy = verdict.policy or "none"
+    if quarantined:
+        status = api.ConditionStatus.TRUE
+        if verdict.health == api.Health.HEALTHY.value:
+            reason = api.Reason.RECOVERING
+            message = "healthy again; the quarantine stays until the policy's healthyFor passes"
+        else:
+            reason = api.Reason.QUARANTINED
+            message = f"policy {policy} keeps the node out of the schedule"
+    else:
+        status = api.ConditionStatus.FALSE
+        reason, message = {
+            api.Action.HELD.value: (
+                api.Reason.STORM_PROTECTION,
+                f"quarantine held back by storm protection of policy {policy}",
+            ),
+            api.Action.DRY_RUN.value: (
+                api.Reason.DRY_RUN,
+                f"policy {policy} is a dry run: the Node is left as it is",
+            ),
+            api.Action.OPTED_OUT.value: (
+                api.Reason.OPTED_OUT,
+                f"Navarch does not manage this node ({api.MANAGED_LABEL}=false)",
+            ),
+        }.get(verdict.action, (api.Reason.NOT_QUARANTINED, "Navarch holds no quarantine"))
+    return api.Condition(
+        type=api.ConditionType.QUARANTINED.value,
+        status=status.value,
+        reason=reason.value,
+        message=message,
+        observed_generation=generation,
+    )
+
+
+def current_conditions(status: Mapping[str, Any]) -> list[api.Condition]:
+    """The conditions as stored; an edited, unreadable list starts afresh."""
+    raw = status.get("conditions") or []
+    try:
+        return [from_wire(api.Condition, c, f"status.conditions[{i}]") for i, c in enumerate(raw)]
+    except InvalidObjectError:
+        return []
+
+
+def patch(
+    status: Mapping[str, Any], verdict: api.Verdict, new_conditions: list[api.Condition]
+) -> dict[str, Any] | None:
+    """The merge patch that writes ``verdict`` and ``new_conditions``; None if both stand."""
+    if _stored(status, verdict) and current_conditions(status) == new_conditions:
+        return None
+    full = {camel(f.name): None for f in dataclasses.fields(api.Verdict)}
+    full.update(to_wire(verdict))
+    return {"status": {"verdict": full, "conditions": to_wire(new_conditions)}}
+
+
+def _stored(status: Mapping[str, Any], verdict: api.Verdict) -> bool:
+    raw = status.get("verdict")
+    if raw is None:
+        return False
+    try:
+        return from_wire(api.Verdict, raw, "status.verdict") == verdict
+    except InvalidObjectError:
+        return False

@@ -1,0 +1,300 @@
+"""The reconcile loop: judge the nodes whose inputs changed, admit quarantines, dispatch writes.
+
+One coroutine decides, many write. Each pass:
+
+1. takes the dirty nodes and due timers from the index (nodes with writes in flight wait);
+2. judges them (pure evaluation, on the event loop, yielding now and then);
+3. runs storm protection for every policy over all the nodes it governs, counting quarantines
+   still being written as quarantined. Deciding in one place is what keeps concurrent writes
+   from ever exceeding ``maxUnhealthy``; held nodes that now fit are judged too;
+4. decides each node and hands its writes to the writer as a task, bounded by the API client's
+   worker pool, so writes for different nodes proceed side by side;
+5. at most once a second, writes changed policy statuses and refreshes the gauges.
+
+A node whose judging or deciding raises is logged and retried with backoff, and a pass that
+raises is logged: one bad object must not stop the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from navarch import api
+from navarch.errors import ApiError
+from navarch.operator import metrics, policy_status, storm
+from navarch.operator.decisions import Decision, Judgement, decide, judge
+from navarch.operator.fleet import Fleet, Judged
+from navarch.operator.kube import REPORT, Kube, Target
+from navarch.operator.planner import storm_candidates
+from navarch.operator.writer import Writer
+
+log = logging.getLogger(__name__)
+
+BATCH_WINDOW = 0.01
+"""Seconds to let a burst of watch events gather before a pass, so 150 faults arriving together
+are judged and admitted together rather than one pass each."""
+YIELD_EVERY = 50
+"""Judge this many nodes, then let the event loop run writes and watch events."""
+REPORT_INTERVAL = timedelta(seconds=1)
+"""Policy statuses and gauges are refreshed at most this often."""
+IDLE_WAIT = 60.0
+"""Longest wait without a timer, so a missed wake-up costs a minute, not forever."""
+RESYNC_INTERVAL = timedelta(minutes=10)
+"""How often the whole cluster is listed again and every node re-judged: the safety net for
+a deletion a reconnecting watch never reported, or any event lost on the way."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Reconciler:
+    def __init__(self, fleet: Fleet, kube: Kube, clock: Callable[[], datetime] = utcnow) -> None:
+        self.fleet = fleet
+        self.kube = kube
+        self.clock = clock
+        self.writer = Writer(kube, fleet, clock)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._storm_states: dict[str, storm.StormState] = {}
+        self._reported_at: datetime | None = None
+        self._reporting: set[str] = set()
+        self._resynced_at = clock()
+        self._resyncing = False
+
+    async def run(self) -> None:
+        while True:
+            await self.fleet.wait(self._timeout())
+            if BATCH_WINDOW:
+                await asyncio.sleep(BATCH_WINDOW)
+            try:
+                await self.reconcile()
+            # The loop is the operator: log whatever one pass tripped over and carry on.
+            except Exception:
+                log.exception("reconcile pass failed")
+
+    async def resync(self) -> None:
+        """List policies, Nodes and GpuNodeHealths, and replace the index's view with them."""
+        for kind, resource in (
+            ("policy", api.GHP_PLURAL),
+            ("node", "nodes"),
+            ("health", api.GNH_PLURAL),
+        ):
+            items, version = await self.kube.list(resource)
+            self.fleet.replace(kind, items, version)
+        self.fleet.mark(*self.fleet.names())
+        self._resynced_at = self.clock()
+        log.info(
+            "listed %d Nodes, %d GpuNodeHealths, %d GpuHealthPolicies",
+            len(self.fleet.nodes),
+            len(self.fleet.healths),
+            len(self.fleet.policies),
+        )
+
+    async def _resync_in_background(self) -> None:
+        try:
+            await self.resync()
+        except ApiError as err:
+            log.warning("periodic resync failed, next try in %s: %s", RESYNC_INTERVAL, err)
+            self._resynced_at = self.clock()
+        finally:
+            self._resyncing = False
+
+    def _timeout(self) -> float:
+        now = self.clock()
+        deadlines = [
+            d
+            for d in (
+                self.fleet.next_due(),
+                self._next_report(),
+                self._resynced_at + RESYNC_INTERVAL,
+            )
+            if d is not None
+        ]
+        if not deadlines:
+            return IDLE_WAIT
+        return min(max((min(deadlines) - now).total_seconds(), 0.0), IDLE_WAIT)
+
+    def _next_report(self) -> datetime | None:
+        if not self.fleet.reports_stale:
+            return None
+        if self._reported_at is None:
+            return self.clock()
+        return self._reported_at + REPORT_INTERVAL
+
+    async def reconcile(self) -> None:
+        """One pass (see the module docstring)."""
+        now = self.clock()
+        work = self.fleet.take(now)
+        judgements = await self._judge(sorted(work), now)
+        admitted = self._storm(judgements)
+        extra = admitted - judgements.keys() - self.fleet.busy
+        judgements.update(await self._judge(sorted(extra), now))
+        for name, judgement in judgements.items():
+            admits = name in admitted or not judgement.needs_new_quarantine()
+            try:
+                decision = decide(judgement, storm_admits=admits, now=now)
+            # One node that trips a bug must not stop the others; it is retried with backoff.
+            except Exception:
+                self._failed(name, now)
+                continue
+            self._dispatch(decision, now)
+        if work or extra:
+            self.fleet.reports_stale = True
+        if self._reported_at is None or now >= self._reported_at + REPORT_INTERVAL:
+            self._report(now)
+        if not self._resyncing and now >= self._resynced_at + RESYNC_INTERVAL:
+            self._resyncing = True
+            self._spawn(self._resync_in_background(), "resync")
+
+    async def _judge(self, names: list[str], now: datetime) -> dict[str, Judgement]:
+        out: dict[str, Judgement] = {}
+        for i, name in enumerate(names):
+            if i and i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            remembered = self.fleet.judged.get(name)
+            started = time.perf_counter()
+            try:
+                judgement = judge(
+                    name,
+                    self.fleet.nodes.get(name),
+                    self.fleet.healths.get(name),
+                    self.fleet.governor(name),
+                    now,
+                    remembered=remembered.verdict if remembered else None,
+                )
+            # As in deciding: a node that trips a bug is retried, the others go on.
+            except Exception:
+                self._failed(name, now)
+                continue
+            if judgement is None:
+                self.fleet.remember(name, None)
+                self.fleet.schedule(name, None, now)
+                continue
+            if judgement.evaluation is not None:
+                metrics.EVALUATION.observe(time.perf_counter() - started)
+            out[name] = judgement
+        return out
+
+    def _failed(self, name: str, now: datetime) -> None:
+        delay = self.fleet.retry(name, now)
+        log.exception("judging %s failed; trying again in %s", name, delay)
+
+    def _storm(self, judgements: dict[str, Judgement]) -> set[str]:
+        """The nodes that may be quarantined afresh: per policy, oldest fault first, within
+        ``maxUnhealthy``. Keeps each policy's storm state for its status and gauges."""
+        admitted: set[str] = set()
+        states: dict[str, storm.StormState] = {}
+        policies = {p.name: p for p in self.fleet.in_force()}
+        taken = self.fleet.quarantined | self.fleet.reserved
+        judged_unwell = {
+            name for name, j in judgements.items() if j.verdict.health != api.Health.HEALTHY.value
+        }
+        suspects = self.fleet.unwell | judged_unwell
+        for policy_name, names in self.fleet.governed().items():
+            policy = policies[policy_name]
+            members = []
+            for name in (names & suspects) - taken:
+                verdict = self._latest(name, judgements)
+                if verdict is not None and verdict.health != api.Health.HEALTHY.value:
+                    members.append((verdict, self.fleet.nodes[name].view))
+            candidates = storm_candidates(members, policy)
+            quarantined = len(names & taken)
+            chosen, state = storm.assess(len(names), quarantined, candidates, policy.max_unhealthy)
+            admitted |= chosen
+            states[policy_name] = state
+        self._storm_states = states
+        return admitted
+
+    def _latest(self, name: str, judgements: dict[str, Judgement]) -> api.Verdict | None:
+        judgement = judgements.get(name)
+        if judgement is not None:
+            return judgement.verdict
+        judged = self.fleet.judged.get(name)
+        return judged.verdict if judged is not None else None
+
+    def _dispatch(self, decision: Decision, now: datetime) -> None:
+        name = decision.name
+        judged = Judged(decision.policy, decision.verdict) if decision.policy else None
+        self.fleet.remember(name, judged)
+        self.fleet.schedule(name, decision.recheck_after, now)
+        if not decision.writes:
+            return
+        self.fleet.begin(name, reserve=decision.new_quarantine)
+        self._spawn(self.writer.apply(decision), f"write {name}")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- policy status and gauges ----------------------------------------------------------
+
+    def _report(self, now: datetime) -> None:
+        if not self.fleet.reports_stale:
+            return
+        self.fleet.reports_stale = False
+        self._reported_at = now
+        governed = self.fleet.governed()
+        self._gauges(governed)
+        metrics.POLICY_ACCEPTED.clear()
+        for entry in list(self.fleet.policies.values()):
+            if entry.name in self._reporting:
+                self.fleet.reports_stale = True
+                continue
+            accepted = entry.accepted
+            names = governed.get(entry.name, set()) if accepted else set()
+            members = [(self._latest(n, {}), n in self.fleet.quarantined) for n in names]
+            report = policy_status.report(
+                entry.status,
+                generation=entry.generation,
+                accepted=accepted,
+                error=entry.error,
+                node_counts=policy_status.counts(members) if accepted else None,
+                storm=self._storm_states.get(entry.name) if accepted else None,
+                now=now,
+            )
+            metrics.POLICY_ACCEPTED.labels(policy=entry.name).set(entry.error is None)
+            if report.patch is not None or report.events:
+                self._reporting.add(entry.name)
+                self._spawn(self._write_policy(entry.name, entry.uid, report), entry.name)
+
+    def _gauges(self, governed: dict[str, set[str]]) -> None:
+        nodes: Counter[tuple[str, str, str]] = Counter()
+        # Cleared and refilled, so a deleted policy or a state no node is in disappears.
+        for gauge in (metrics.STORM, metrics.HELD, metrics.NODES):
+            gauge.clear()
+        for policy, names in governed.items():
+            state = self._storm_states.get(policy)
+            metrics.STORM.labels(policy=policy).set(bool(state and state.tripped))
+            metrics.HELD.labels(policy=policy).set(state.held if state else 0)
+            for name in names:
+                judged = self.fleet.judged.get(name)
+                if judged is not None:
+                    nodes[policy, judged.verdict.health, judged.verdict.action] += 1
+        for (policy, health, action), count in nodes.items():
+            metrics.NODES.labels(policy=policy, health=health, action=action).set(count)
+
+    async def _write_policy(self, name: str, uid: str, report: policy_status.Report) -> None:
+        try:
+            if report.patch is not None:
+                body = await self.kube.patch_status(api.GHP_PLURAL, name, report.patch, REPORT)
+                self.fleet.observe_policy(body)
+            target = Target.policy(name, uid)
+            for event in report.events:
+                await self.kube.post_event(target, event, self.clock())
+        except ApiError as err:
+            log.warning("status of policy %s not written: %s", name, err)
+            self.fleet.reports_stale = True
+        finally:
+            self._reporting.discard(name)
+
+    async def drain(self) -> None:
+        """Wait for the writes in flight (tests and shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

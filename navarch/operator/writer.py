@@ -1,0 +1,132 @@
+"""Applies one node's decision: Node, Node condition, GpuNodeHealth status, then Events.
+
+The order is the safety argument:
+
+1. The Node patch carries the resourceVersion the plan was computed from. A 409 means someone
+   else changed the Node meanwhile: the Node is read again and the node re-planned, and none of
+   the later steps run, so no verdict or Event claims what did not happen.
+2. The GpuHealthy condition (nodes/status) follows.
+3. The verdict is persisted in the GpuNodeHealth status before any Event is posted: Events are
+   derived from the persisted verdict, so a write that keeps failing repeats no Event, and an
+   operator killed in between loses at most the Events of one node rather than repeating all.
+   Events go out last and at the lowest priority; the node is free for its next plan as soon
+   as its verdict is written.
+
+API responses go straight into the index, so the next plan starts from what was written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from navarch import api
+from navarch.errors import ApiError
+from navarch.operator import metrics
+from navarch.operator.decisions import Decision
+from navarch.operator.fleet import Fleet
+from navarch.operator.kube import Kube, Target
+
+log = logging.getLogger(__name__)
+
+CONFLICT = 409
+NOT_FOUND = 404
+
+
+class Writer:
+    def __init__(self, kube: Kube, fleet: Fleet, clock: Callable[[], datetime]) -> None:
+        self.kube = kube
+        self.fleet = fleet
+        self.clock = clock
+
+    async def apply(self, decision: Decision) -> None:
+        """Write the decision; the node must have been marked busy by ``Fleet.begin``."""
+        name = decision.name
+        step = "nodes"
+        try:
+            if decision.node_patch is not None:
+                was_quarantined = decision.node is not None and decision.node.view.quarantined
+                self.fleet.observe_node(await self.kube.patch_node(name, decision.node_patch))
+                self._count(decision, was_quarantined)
+            if decision.node_status_patch is not None:
+                patch = decision.node_status_patch
+                self.fleet.observe_node(await self.kube.patch_node_status(name, patch))
+            if decision.health_patch is not None:
+                step = api.GNH_PLURAL
+                body = await self.kube.patch_status(api.GNH_PLURAL, name, decision.health_patch)
+                self.fleet.observe_health(body)
+            self.fleet.succeeded(name)
+        except ApiError as err:
+            await self._failed(name, step, err)
+            return
+        finally:
+            self.fleet.end(name)
+        # Once the verdict is persisted the node may be planned again: its Events are derived
+        # from that verdict and cannot repeat, so posting them need not hold the node up.
+        if decision.events:
+            await self._post(decision)
+
+    def _count(self, decision: Decision, was_quarantined: bool) -> None:
+        node = self.fleet.nodes.get(decision.name)
+        now_quarantined = node is not None and node.view.quarantined
+        policy = decision.policy or ""
+        if decision.new_quarantine and now_quarantined:
+            metrics.QUARANTINES.labels(policy=policy).inc()
+            fault = decision.verdict.fault_time
+            if fault is not None:
+                seconds = (self.clock() - fault).total_seconds()
+                metrics.FAULT_TO_ACTION.observe(max(seconds, 0.0))
+            log.info("quarantined %s: %s", decision.name, decision.verdict.message)
+        elif was_quarantined and not now_quarantined:
+            metrics.RELEASES.labels(policy=policy).inc()
+            log.info("released %s", decision.name)
+            # A release makes room under storm protection for nodes held back.
+            self.fleet.nudge()
+
+    async def _post(self, decision: Decision) -> None:
+        targets = []
+        node = self.fleet.nodes.get(decision.name)
+        if node is not None:
+            targets.append(Target.node(decision.name, node.uid))
+        health = self.fleet.healths.get(decision.name)
+        if health is not None:
+            targets.append(Target.health(decision.name, health.uid))
+        now = self.clock()
+        for event in decision.events:
+            for target in targets:
+                try:
+                    await self.kube.post_event(target, event, now)
+                # An Event that cannot be posted is not worth a retry that repeats the others.
+                except ApiError as err:
+                    log.warning(
+                        "event %s on %s %s not posted: %s",
+                        event.reason,
+                        target.kind,
+                        target.name,
+                        err,
+                    )
+
+    async def _failed(self, name: str, resource: str, err: ApiError) -> None:
+        if resource == api.GNH_PLURAL and err.status == NOT_FOUND:
+            self.fleet.forget_health(name)
+            return
+        if err.status in (CONFLICT, NOT_FOUND):
+            log.info("Node %s changed while it was being written (%s); reading it again", name, err)
+            await self._reread(name)
+            return
+        delay = self.fleet.retry(name, self.clock())
+        log.warning(
+            "writing %s %s failed, retrying in %ss: %s", resource, name, delay.total_seconds(), err
+        )
+
+    async def _reread(self, name: str) -> None:
+        """Replace the index's Node with the API server's, then plan the node again."""
+        try:
+            self.fleet.observe_node(await self.kube.get_node(name))
+        except ApiError as err:
+            if err.status != NOT_FOUND:
+                self.fleet.retry(name, self.clock())
+                return
+            self.fleet.forget_node(name)
+        self.fleet.mark(name)
