@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv testenv test unit integration lint format generate demo bench clean
+.PHONY: all venv testenv test unit integration lint format generate demo bench clean crds-apply \
+	e2e-kind
 
 all: test
 
@@ -51,6 +52,16 @@ demo: venv testenv
 
 bench: venv testenv
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+## Apply the chart's CRDs to the current cluster: Helm installs crds/ once and never upgrades them.
+KUBECTL ?= kubectl
+crds-apply:
+	$(KUBECTL) apply --server-side --force-conflicts -f charts/navarch/crds/
+
+## Needs docker and kind: a kind cluster running the image with the fake NVML library, then the
+## integration suite against it (hack/e2e-kind.sh; KEEP_CLUSTER=1 keeps the cluster).
+e2e-kind: venv testenv
+	hack/e2e-kind.sh
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .mypy_cache .ruff_cache

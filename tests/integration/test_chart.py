@@ -1,47 +1,48 @@
-"""The Helm chart installs into a real control plane."""
+"""The Helm chart: what it renders, what its schema rejects, and a plain install."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
 import yaml
 
 from navarch.operator.defaults import default_policy_object
-from navarch.testing.controlplane import REPO_ROOT
 
-from .cluster import Cluster, unique
+from .chart import CHART, KUBE_VERSION, find, installed, render, render_error
+from .cluster import Cluster
 
-CHART = str(REPO_ROOT / "charts" / "navarch")
+CHART_DIR = Path(CHART)
+PEERING_API = ("--api-versions", "kopf.dev/v1/ClusterKopfPeering")
+MONITORING_API = ("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
 
 
 def test_helm_lint_is_clean(cluster: Cluster) -> None:
-    result = cluster.helm("lint", "--strict", CHART)
+    result = cluster.helm("lint", "--strict", CHART, "--kube-version", KUBE_VERSION)
     assert "0 chart(s) failed" in result.stdout
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout
 
 
 def test_helm_install_creates_crds_and_workloads(cluster: Cluster) -> None:
-    release, namespace = unique("nv"), unique("navarch")
-    cluster.helm(
-        "install", release, CHART, "--namespace", namespace, "--create-namespace", "--wait=false"
-    )
-    try:
+    with installed(cluster) as release:
         for crd in ("gpunodehealths.navarch.dev", "gpuhealthpolicies.navarch.dev"):
             cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
         objects = cluster.kubectl(
-            "get", "deployment,daemonset,serviceaccount", "-n", namespace, "-o", "name"
+            "get", "deployment,daemonset,serviceaccount", "-n", release.namespace, "-o", "name"
         ).stdout.split()
-        assert f"deployment.apps/{release}-navarch-operator" in objects
-        assert f"daemonset.apps/{release}-navarch-agent" in objects
-        assert f"serviceaccount/{release}-navarch-agent" in objects
-        status = cluster.helm("status", release, "-n", namespace).stdout
+        assert f"deployment.apps/{release.operator}" in objects
+        assert f"daemonset.apps/{release.agent}" in objects
+        assert f"serviceaccount/{release.agent}" in objects
+        status = cluster.helm("status", release.name, "-n", release.namespace).stdout
         assert "STATUS: deployed" in status
         policy = cluster.get_json("ghp", "default")
         assert policy["spec"]["rules"] == default_policy_object()["spec"]["rules"]
-    finally:
-        cluster.helm("uninstall", release, "-n", namespace)
-
-
-def render(cluster: Cluster, *args: str) -> list[dict[str, object]]:
-    out = cluster.helm("template", "nv", CHART, "--kube-version", "1.36.3", *args).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
 def test_chart_renders_the_builtin_default_policy_and_applies_overrides(cluster: Cluster) -> None:
@@ -54,8 +55,461 @@ def test_chart_renders_the_builtin_default_policy_and_applies_overrides(cluster:
         "--set",
         "defaultPolicy.overrides.maxUnhealthy=5%",
     )
-    spec = next(d for d in overridden if d["kind"] == "GpuHealthPolicy")["spec"]
+    spec = find(overridden, "GpuHealthPolicy")["spec"]
     assert spec["dryRun"] is True and spec["maxUnhealthy"] == "5%"
     assert spec["rules"] == default_policy_object()["spec"]["rules"]
     disabled = render(cluster, "--set", "defaultPolicy.enabled=false")
     assert not [d for d in disabled if d["kind"] == "GpuHealthPolicy"]
+
+
+# --- agent ------------------------------------------------------------------------------------
+
+
+def agent_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return find(docs, "DaemonSet")["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def test_agent_daemonset_runs_restricted_except_for_reading_the_kernel_log(
+    cluster: Cluster,
+) -> None:
+    docs = render(cluster)
+    daemonset = find(docs, "DaemonSet", "nv-navarch-agent")
+    assert daemonset["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": "10%", "maxSurge": 0},
+    }
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "nv-navarch-agent"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert "runtimeClassName" not in pod
+    assert {"key": "navarch.dev/gpu-unhealthy", "operator": "Exists"} in pod["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists"} in pod["tolerations"]
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+    (container,) = pod["containers"]
+    assert container["command"] == ["navarch-agent", "run"]
+    assert container["image"] == "ghcr.io/navarch/navarch:0.1.0"
+    assert container["securityContext"] == {
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"], "add": ["SYSLOG"]},
+        "runAsUser": 0,
+        "runAsGroup": 0,
+        "runAsNonRoot": False,
+    }
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env == {
+        "NODE_NAME": {"fieldRef": {"fieldPath": "spec.nodeName"}},
+        "NVIDIA_VISIBLE_DEVICES": "all",
+        "NVIDIA_DRIVER_CAPABILITIES": "utility",
+    }
+    assert {"name": "kmsg", "mountPath": "/dev/kmsg", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "kmsg", "hostPath": {"path": "/dev/kmsg", "type": "CharDevice"}} in pod[
+        "volumes"
+    ]
+    assert container["args"] == [
+        "--kmsg-path=/dev/kmsg",
+        "--metrics-port=9101",
+        "--log-format=json",
+    ]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9101, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["resources"] == {
+        "requests": {"cpu": "10m", "memory": "64Mi"},
+        "limits": {"memory": "128Mi"},
+    }
+
+
+def test_agent_options_render_into_the_pod(cluster: Cluster) -> None:
+    pod = agent_pod(
+        render(
+            cluster,
+            "--set",
+            "agent.runtimeClassName=nvidia",
+            "--set",
+            "agent.priorityClassName=",
+            "--set",
+            "agent.pollInterval=5s",
+            "--set",
+            "agent.heartbeatInterval=30s",
+            "--set",
+            "agent.expectedGpus=8",
+            "--set",
+            "taintKey=example.com/gpu-bad",
+            "--set",
+            "logFormat=text",
+            "--set",
+            "agent.updateStrategy.maxUnavailable=3",
+        )
+    )
+    assert pod["runtimeClassName"] == "nvidia"
+    assert "priorityClassName" not in pod
+    assert {"key": "example.com/gpu-bad", "operator": "Exists"} in pod["tolerations"]
+    assert pod["containers"][0]["args"] == [
+        "--kmsg-path=/dev/kmsg",
+        "--metrics-port=9101",
+        "--log-format=text",
+        "--poll-interval=5s",
+        "--heartbeat-interval=30s",
+        "--expected-gpus=8",
+    ]
+
+
+def test_custom_taint_key_reaches_both_the_policy_and_the_agent_toleration(
+    cluster: Cluster,
+) -> None:
+    docs = render(cluster, "--set", "taintKey=example.com/gpu-bad")
+    assert find(docs, "GpuHealthPolicy")["spec"]["taintKey"] == "example.com/gpu-bad"
+    assert {"key": "example.com/gpu-bad", "operator": "Exists"} in agent_pod(docs)["tolerations"]
+
+
+def test_privileged_agent_is_opt_in_and_replaces_the_capability(cluster: Cluster) -> None:
+    container = agent_pod(render(cluster, "--set", "agent.privileged=true"))["containers"][0]
+    assert container["securityContext"] == {
+        "readOnlyRootFilesystem": True,
+        "privileged": True,
+        "runAsUser": 0,
+    }
+
+
+# --- operator ---------------------------------------------------------------------------------
+
+
+def test_operator_is_a_single_non_root_instance_with_a_read_only_root(cluster: Cluster) -> None:
+    docs = render(cluster)
+    deployment = find(docs, "Deployment", "nv-navarch-operator")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "nv-navarch-operator"
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    (container,) = pod["containers"]
+    assert container["command"] == ["navarch-operator"]
+    assert container["args"] == ["--metrics-port=8080", "--health-port=8081", "--log-format=json"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    assert container["ports"] == [
+        {"name": "metrics", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "health", "containerPort": 8081, "protocol": "TCP"},
+    ]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    rules = find(docs, "ClusterRole", "nv-navarch-operator")["rules"]
+    assert not [r for r in rules if "kopf.dev" in r["apiGroups"]]
+    assert not [d for d in docs if d["kind"] == "ClusterKopfPeering"]
+
+
+def test_peering_adds_the_flag_the_peering_object_and_its_rbac(cluster: Cluster) -> None:
+    docs = render(
+        cluster,
+        *PEERING_API,
+        "--set",
+        "operator.peering.enabled=true",
+        "--set",
+        "operator.workers=4",
+    )
+    deployment = find(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == [
+        "--metrics-port=8080",
+        "--health-port=8081",
+        "--log-format=json",
+        "--peering=nv-navarch",
+        "--workers=4",
+    ]
+    assert find(docs, "ClusterKopfPeering")["metadata"]["name"] == "nv-navarch"
+    rules = find(docs, "ClusterRole", "nv-navarch-operator")["rules"]
+    assert {
+        "apiGroups": ["kopf.dev"],
+        "resources": ["clusterkopfpeerings"],
+        "verbs": ["get", "list", "watch", "patch"],
+    } in rules
+
+
+# --- images, monitoring, admission, notes --------------------------------------------------------
+
+
+def test_image_tag_defaults_to_the_app_version(cluster: Cluster) -> None:
+    app_version = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["appVersion"]
+    images = {
+        c["image"]
+        for d in render(cluster)
+        if d["kind"] in ("DaemonSet", "Deployment")
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {f"ghcr.io/navarch/navarch:{app_version}"}
+    docs = render(
+        cluster, "--set", "image.repository=registry.example/navarch", "--set", "image.tag=dev"
+    )
+    assert find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "registry.example/navarch:dev"
+    )
+
+
+def test_service_monitors_are_optional(cluster: Cluster) -> None:
+    assert not [d for d in render(cluster) if d["kind"] in ("ServiceMonitor", "Service")]
+    docs = render(
+        cluster,
+        *MONITORING_API,
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "serviceMonitor.labels.release=prom",
+    )
+    monitors = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceMonitor"}
+    assert set(monitors) == {"nv-navarch-agent", "nv-navarch-operator"}
+    for component, port in (("agent", 9101), ("operator", 8080)):
+        monitor = monitors[f"nv-navarch-{component}"]
+        assert monitor["metadata"]["labels"]["release"] == "prom"
+        assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+        service = find(docs, "Service", f"nv-navarch-{component}-metrics")
+        assert service["spec"]["clusterIP"] == "None"
+        assert service["spec"]["ports"] == [
+            {"name": "metrics", "port": port, "targetPort": "metrics"}
+        ]
+        assert service["spec"]["selector"]["app.kubernetes.io/component"] == component
+        assert (
+            monitor["spec"]["selector"]["matchLabels"].items()
+            <= service["metadata"]["labels"].items()
+        )
+
+
+def test_admission_policy_matches_only_this_releases_agent(cluster: Cluster) -> None:
+    docs = render(cluster, "--namespace", "gpu-health")
+    policy = find(docs, "ValidatingAdmissionPolicy", "nv-navarch-agent-node-scope")
+    assert policy["spec"]["matchConditions"] == [
+        {
+            "name": "is-navarch-agent",
+            "expression": "request.userInfo.username == "
+            '"system:serviceaccount:gpu-health:nv-navarch-agent"',
+        }
+    ]
+    binding = find(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": "nv-navarch-agent-node-scope",
+        "validationActions": ["Deny"],
+    }
+    off = render(cluster, "--set", "admission.nodeScopedAgentWrites=false")
+    assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+def test_notes_tell_how_to_inspect(cluster: Cluster) -> None:
+    result = cluster.helm(
+        "install",
+        "nv",
+        CHART,
+        "--dry-run=server",
+        "--namespace",
+        "gpu-health",
+        "--set",
+        "defaultPolicy.overrides.dryRun=true",
+    )
+    notes = result.stdout.split("NOTES:", 1)[1]
+    for command in (
+        "kubectl get gnh",
+        "kubectl describe gnh NODE",
+        "kubectl get ghp default -o yaml",
+    ):
+        assert command in notes
+    assert "dryRun is on" in notes
+
+
+# --- values: schema and impossible combinations -------------------------------------------
+
+BAD_VALUES = [
+    pytest.param(
+        ("--set", "agent.resources=lots"),
+        "at '/agent/resources': got string, want object",
+        id="resources-type",
+    ),
+    pytest.param(
+        ("--set", "agent.tolerations[0].key=x", "--set", "agent.tolerations[0].effect=NoScheduled"),
+        "at '/agent/tolerations/0/effect': value must be one of "
+        "'', 'NoSchedule', 'PreferNoSchedule', 'NoExecute'",
+        id="toleration-effect",
+    ),
+    pytest.param(
+        ("--set", "defaultPolicy.overrides.actions.unhealthy.taint=NoSchedul"),
+        "at '/defaultPolicy/overrides/actions/unhealthy/taint': value must be one of "
+        "'NoSchedule', 'NoExecute', 'None'",
+        id="policy-taint-effect",
+    ),
+    pytest.param(
+        ("--set", "agent.updateStrategy.maxUnavailable=-1"),
+        "at '/agent/updateStrategy/maxUnavailable': minimum: got -1, want 1",
+        id="negative-max-unavailable",
+    ),
+    pytest.param(
+        ("--set", "agent.updateStrategy.maxUnavailable=0%"),
+        "at '/agent/updateStrategy/maxUnavailable'",
+        id="zero-percent-max-unavailable",
+    ),
+    pytest.param(
+        ("--set", "agent.metricsPort=70000"),
+        "at '/agent/metricsPort': maximum: got 70,000, want 65,535",
+        id="port",
+    ),
+    pytest.param(
+        ("--set", "logFormat=xml"),
+        "at '/logFormat': value must be one of 'text', 'json'",
+        id="log-format",
+    ),
+    pytest.param(("--set", "agent.pollInterval=soon"), "at '/agent/pollInterval'", id="interval"),
+    pytest.param(
+        ("--set", "agnet.enabled=false"), "additional properties 'agnet' not allowed", id="typo"
+    ),
+    pytest.param(
+        ("--set", "image.pullPolicy=Sometimes"),
+        "at '/image/pullPolicy': value must be one of",
+        id="pull-policy",
+    ),
+    pytest.param(
+        ("--set", "operator.replicas=2"),
+        "additional properties 'replicas' not allowed",
+        id="no-replicas",
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), BAD_VALUES)
+def test_schema_rejects_bad_values_in_template_and_lint(
+    cluster: Cluster, values: tuple[str, ...], message: str
+) -> None:
+    assert message in render_error(cluster, *values)
+    lint = cluster.helm(
+        "lint", "--strict", CHART, "--kube-version", KUBE_VERSION, *values, check=False
+    )
+    assert lint.returncode != 0
+    assert message in lint.stdout + lint.stderr
+
+
+IMPOSSIBLE = [
+    pytest.param(
+        (
+            "--set",
+            "agent.enabled=false",
+            "--set",
+            "operator.enabled=false",
+            "--set",
+            "defaultPolicy.enabled=false",
+        ),
+        "agent.enabled, operator.enabled and defaultPolicy.enabled are all false",
+        id="nothing-enabled",
+    ),
+    pytest.param(
+        ("--set", "operator.peering.enabled=true"),
+        "needs kopf's ClusterKopfPeering CRD (clusterkopfpeerings.kopf.dev)",
+        id="peering-without-crd",
+    ),
+    pytest.param(
+        ("--set", "serviceMonitor.enabled=true"),
+        "needs the Prometheus Operator's ServiceMonitor CRD (monitoring.coreos.com/v1)",
+        id="servicemonitor-without-crd",
+    ),
+    pytest.param(
+        ("--set", "defaultPolicy.overrides.taintKey=example.com/x"),
+        "set the top-level taintKey instead of defaultPolicy.overrides.taintKey",
+        id="policy-taint-key",
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), IMPOSSIBLE)
+def test_impossible_combinations_fail_with_a_clear_message(
+    cluster: Cluster, values: tuple[str, ...], message: str
+) -> None:
+    assert message in render_error(cluster, *values)
+
+
+def test_schema_overrides_match_the_policy_crd() -> None:
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    overrides = schema["properties"]["defaultPolicy"]["properties"]["overrides"]
+    crd = yaml.safe_load((CHART_DIR / "crds" / "gpuhealthpolicies.navarch.dev.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert set(overrides["properties"]) == set(spec["properties"])
+    effects = schema["definitions"]["action"]["properties"]["taint"]["enum"]
+    for severity in spec["properties"]["actions"]["properties"].values():
+        assert effects == severity["properties"]["taint"]["enum"]
+
+
+def test_every_value_is_documented_where_it_is_defined() -> None:
+    """Each key of a chart-defined section has a comment above it and a schema description.
+
+    Keys below a free-form Kubernetes shape (resources, nodeSelector, tolerations) are data,
+    documented by the comment on the shape itself."""
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    undocumented: list[str] = []
+    stack: list[tuple[int, str]] = []
+    previous = ""
+    for line in (CHART_DIR / "values.yaml").read_text().splitlines():
+        match = re.match(r"^( *)([A-Za-z][\w.\-/]*):", line)
+        if match and not line.lstrip().startswith("-"):
+            indent, key = len(match[1]), match[2]
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            node: Any = schema
+            for _, parent in stack:
+                node = node.get("properties", {}).get(parent, {}) if node is not None else None
+            if node is not None and "properties" in node:
+                path = ".".join([k for _, k in stack] + [key])
+                described = node["properties"].get(key, {})
+                if not previous.lstrip().startswith("#") or not described.get("description"):
+                    undocumented.append(path)
+            stack.append((indent, key))
+        if line.strip():
+            previous = line
+    assert undocumented == []
+
+
+# --- flags the templates pass exist in the CLIs -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("module", "command", "kind"),
+    [
+        ("navarch.node_agent.cli", ["navarch-agent", "run"], "DaemonSet"),
+        ("navarch.operator.cli", ["navarch-operator"], "Deployment"),
+    ],
+)
+def test_rendered_flags_exist_in_the_cli(
+    cluster: Cluster, module: str, command: list[str], kind: str
+) -> None:
+    script = Path(sys.executable).with_name(command[0])
+    if importlib.util.find_spec(module) is None or not script.exists():
+        pytest.skip(f"{module} is not there yet")
+    docs = render(
+        cluster,
+        *PEERING_API,
+        "--set",
+        "operator.peering.enabled=true",
+        "--set",
+        "operator.workers=2",
+        "--set",
+        "agent.pollInterval=5s",
+        "--set",
+        "agent.heartbeatInterval=30s",
+        "--set",
+        "agent.expectedGpus=8",
+    )
+    args = find(docs, kind)["spec"]["template"]["spec"]["containers"][0]["args"]
+    usage = subprocess.run(
+        [str(script), *command[1:], "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        assert re.search(rf"{re.escape(flag)}\b", usage), (
+            f"{flag} is not in `{' '.join(command)} --help`"
+        )

@@ -12,11 +12,30 @@
 {{- end -}}
 {{- end -}}
 
+{{/* Object names get a component suffix, so the prefix leaves room for it. */}}
+{{- define "navarch.agentName" -}}
+{{- printf "%s-agent" (include "navarch.fullname" . | trunc 54 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "navarch.operatorName" -}}
+{{- printf "%s-operator" (include "navarch.fullname" . | trunc 51 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* The username the API server gives the agent's ServiceAccount: RBAC subject and VAP match. */}}
+{{- define "navarch.agentUsername" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "navarch.agentName" .) -}}
+{{- end -}}
+
+{{- define "navarch.peeringName" -}}
+{{- .Values.operator.peering.name | default (include "navarch.fullname" .) -}}
+{{- end -}}
+
 {{- define "navarch.labels" -}}
 app.kubernetes.io/name: {{ include "navarch.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: navarch
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
@@ -27,4 +46,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- define "navarch.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/*
+Combinations the schema cannot express. Included by every template that renders objects, so
+`helm template`, `helm install` and `helm upgrade` all stop with the same message.
+*/}}
+{{- define "navarch.validate" -}}
+{{- $v := .Values -}}
+{{- /* Agent and operator both off is fine when the release ships the policy (the demo runs
+both components outside the cluster); with the policy off too it would install nothing. */ -}}
+{{- if not (or $v.agent.enabled $v.operator.enabled $v.defaultPolicy.enabled) -}}
+{{- fail "navarch: agent.enabled, operator.enabled and defaultPolicy.enabled are all false, so the release would install nothing; enable at least one (for the CRDs alone: kubectl apply --server-side -f charts/navarch/crds/)" -}}
+{{- end -}}
+{{- if hasKey $v.defaultPolicy.overrides "taintKey" -}}
+{{- fail "navarch: set the top-level taintKey instead of defaultPolicy.overrides.taintKey, so the agent tolerates the taint the policy puts on" -}}
+{{- end -}}
+{{- if and $v.operator.enabled $v.operator.peering.enabled (not (.Capabilities.APIVersions.Has "kopf.dev/v1/ClusterKopfPeering")) -}}
+{{- fail "navarch: operator.peering.enabled=true needs kopf's ClusterKopfPeering CRD (clusterkopfpeerings.kopf.dev), which this chart does not install; apply kopf's peering.yaml first (README, \"Operate\"), or for `helm template` pass --api-versions kopf.dev/v1/ClusterKopfPeering" -}}
+{{- end -}}
+{{- if and $v.serviceMonitor.enabled (not (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor")) -}}
+{{- fail "navarch: serviceMonitor.enabled=true needs the Prometheus Operator's ServiceMonitor CRD (monitoring.coreos.com/v1), which this cluster does not serve; install the Prometheus Operator first, or for `helm template` pass --api-versions monitoring.coreos.com/v1/ServiceMonitor" -}}
+{{- end -}}
 {{- end -}}
