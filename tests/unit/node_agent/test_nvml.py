@@ -24,6 +24,7 @@ from navarch.node_agent.nvml import (
 )
 from navarch.node_agent.observation import XidEvent
 from navarch.testing.fake_nvml import (
+    FIELD_GROUPS,
     FakeGpu,
     FakeNode,
     FakeNvLink,
@@ -38,21 +39,7 @@ from navarch.testing.fake_nvml import (
 
 # Generous: an event due in a fraction of a second must arrive well within this.
 EVENT_TIMEOUT = 10.0
-ALL_GROUPS_BUT_IDENTITY = frozenset(
-    {
-        "temperature",
-        "power",
-        "power_limit",
-        "memory",
-        "utilization",
-        "throttle",
-        "ecc",
-        "row_remapping",
-        "retired_pages",
-        "nvlink",
-        "pcie_replays",
-    }
-)
+ALL_GROUPS_BUT_IDENTITY = FIELD_GROUPS - {"uuid", "name", "pci", "serial", "events"}
 
 
 class FakeClock:
