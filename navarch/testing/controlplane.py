@@ -61,7 +61,11 @@ def free_port() -> int:
 
 
 def die_with_parent(argv: list[str]) -> list[str]:
-    """Prefix ``argv`` so the kernel kills the child when this process dies, however it dies."""
+    """Prefix ``argv`` so the kernel kills the child when its parent dies, however it dies.
+
+    The kernel watches the *thread* that started the child: start long-lived children from a
+    thread that outlives them.
+    """
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
 
