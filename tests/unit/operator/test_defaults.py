@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +15,9 @@ from navarch import api
 from navarch.operator import defaults
 from navarch.operator.defaults import RuleInputs
 from navarch.operator.policy import VARIABLES, CompiledPolicy, compile_policy
-from navarch.wire import from_wire, to_wire
+from navarch.wire import to_wire
+
+from .rule_inputs import inputs
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -60,18 +61,6 @@ def xid(code: int, action: str | None, **fields: Any) -> dict[str, Any]:
     if action is not None:
         out["immediateAction"] = action
     return out
-
-
-def inputs(status: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> RuleInputs:
-    """Every XID counts as active here; which XIDs are active is test_verdict's concern."""
-    parsed = from_wire(api.GpuNodeHealthStatus, status)
-    return RuleInputs(
-        status=parsed,
-        xids=parsed.xids,
-        labels=labels or {},
-        wire_status=status,
-        wire_xids=status.get("xids") or [],
-    )
 
 
 def without_twins(policy: CompiledPolicy) -> CompiledPolicy:

@@ -14,9 +14,9 @@ from navarch import api
 from navarch.durations import format_duration, parse_duration
 from navarch.errors import PolicyError
 from navarch.operator import defaults
-from navarch.operator.defaults import RuleInputs
 from navarch.operator.policy import CompiledPolicy, compile_policy, select_policy
-from navarch.wire import from_wire
+
+from .rule_inputs import inputs
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -27,17 +27,6 @@ def rule(name: str, expression: str, **fields: Any) -> dict[str, Any]:
 
 def compiled(*rules: dict[str, Any], **spec: Any) -> CompiledPolicy:
     return compile_policy("p", 3, {"rules": list(rules), **spec})
-
-
-def inputs(status: dict[str, Any], labels: dict[str, str] | None = None) -> RuleInputs:
-    parsed = from_wire(api.GpuNodeHealthStatus, status)
-    return RuleInputs(
-        status=parsed,
-        xids=parsed.xids,
-        labels=labels or {},
-        wire_status=status,
-        wire_xids=status.get("xids") or [],
-    )
 
 
 STATUS: dict[str, Any] = {
