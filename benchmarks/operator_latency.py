@@ -94,12 +94,7 @@ class Bench:
             api.GROUP,
             api.VERSION,
             api.GNH_PLURAL,
-            {
-                "apiVersion": api.API_VERSION,
-                "kind": api.GNH_KIND,
-                "metadata": {"name": name},
-                "spec": {"nodeName": name},
-            },
+            api.gpu_node_health(name),
             _preload_content=False,
         )
         self.report(name, status(format_time(datetime.now(UTC))))

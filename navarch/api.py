@@ -353,6 +353,17 @@ AGENT_STATUS_KEYS = (
 )
 OPERATOR_STATUS_KEYS = ("verdict", "conditions")
 
+
+def gpu_node_health(node_name: str) -> dict[str, Any]:
+    """A new GpuNodeHealth manifest for a Node, in wire form, without status."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": GNH_KIND,
+        "metadata": {"name": node_name},
+        "spec": {"nodeName": node_name},
+    }
+
+
 # --- GpuHealthPolicy -----------------------------------------------------------------------
 
 

@@ -66,23 +66,16 @@ class StatusWriter:
             if e.status == 404:
                 raise ApiError(404, f"node {self._name} does not exist") from None
             raise
-        body = {
-            "apiVersion": api.API_VERSION,
-            "kind": api.GNH_KIND,
-            "metadata": {
+        body = api.gpu_node_health(self._name)
+        body["metadata"]["ownerReferences"] = [
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
                 "name": self._name,
-                "ownerReferences": [
-                    {
-                        "apiVersion": "v1",
-                        "kind": "Node",
-                        "name": self._name,
-                        "uid": self._node_uid,
-                        "controller": False,
-                    }
-                ],
-            },
-            "spec": {"nodeName": self._name},
-        }
+                "uid": self._node_uid,
+                "controller": False,
+            }
+        ]
         try:
             self._client.create(GNH_COLLECTION, body)
         except ApiError as e:

@@ -204,12 +204,7 @@ class World:
         }
         self.core.create_node(body)
         self.nodes.append(name)
-        gnh = {
-            "apiVersion": api.API_VERSION,
-            "kind": api.GNH_KIND,
-            "metadata": {"name": name},
-            "spec": {"nodeName": name},
-        }
+        gnh = api.gpu_node_health(name)
         self.custom.create_cluster_custom_object(api.GROUP, api.VERSION, api.GNH_PLURAL, gnh)
         self.report(name, status if status is not None else healthy_status())
         return name

@@ -347,12 +347,7 @@ def test_gpu_node_health_without_node_is_reported(world: World) -> None:
         api.GROUP,
         api.VERSION,
         api.GNH_PLURAL,
-        {
-            "apiVersion": api.API_VERSION,
-            "kind": api.GNH_KIND,
-            "metadata": {"name": name},
-            "spec": {"nodeName": name},
-        },
+        api.gpu_node_health(name),
     )
     verdict = eventually(lambda: world.verdict(name))
     assert (verdict["health"], verdict["reason"]) == ("Unknown", "NodeNotFound")
