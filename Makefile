@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv testenv test unit integration lint format generate demo bench clean crds-apply \
-	e2e-kind
+.PHONY: all venv testenv test unit integration lint format generate demo sim bench clean \
+	crds-apply e2e-kind
 
 all: test
 
@@ -50,8 +50,20 @@ generate: venv
 demo: venv testenv
 	$(PY) -m navarch.demo
 
+## Play a fleet-simulator scenario (scenarios/README.md); the report goes to sim-results/<name>/.
+SCENARIO ?= scenarios/quick.yaml
+sim: venv testenv
+	$(VENV)/bin/navarch-sim run $(SCENARIO)
+
+## Every benchmark; each one's output goes to benchmarks/results/<name>.txt, and the fleet
+## benchmark's reports to benchmarks/results/<scenario>/.
 bench: venv testenv
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@mkdir -p benchmarks/results
+	@for b in benchmarks/*.py; do \
+		name=$$(basename $$b .py); echo "== $$b"; \
+		$(PY) $$b | tee benchmarks/results/$$name.txt; \
+		test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
 
 ## Apply the chart's CRDs to the current cluster: Helm installs crds/ once and never upgrades them.
 KUBECTL ?= kubectl
@@ -64,4 +76,4 @@ e2e-kind: venv testenv
 	hack/e2e-kind.sh
 
 clean:
-	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cache build *.egg-info .pytest_cache .mypy_cache .ruff_cache sim-results

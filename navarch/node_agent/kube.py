@@ -215,6 +215,21 @@ class TokenSource:
         return self._path is not None
 
 
+def connection_pool(
+    credentials: Credentials, connect_timeout: float, read_timeout: float
+) -> urllib3.PoolManager:
+    """One kept-alive connection to the API server, verified with the cluster's CA and
+    authenticated with the client certificate, if any; no automatic retries."""
+    context = ssl_context(credentials) if credentials.server.startswith("https://") else None
+    return urllib3.PoolManager(
+        num_pools=1,
+        maxsize=1,
+        ssl_context=context,
+        retries=False,
+        timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+    )
+
+
 class KubeClient:
     """JSON requests to the Kubernetes API; every failure is an ``ApiError``.
 
@@ -230,14 +245,7 @@ class KubeClient:
     ) -> None:
         self._server = credentials.server
         self._tokens = TokenSource(credentials.token, credentials.token_file)
-        context = ssl_context(credentials) if self._server.startswith("https://") else None
-        self._pool = urllib3.PoolManager(
-            num_pools=1,
-            maxsize=1,
-            ssl_context=context,
-            retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-        )
+        self._pool = connection_pool(credentials, connect_timeout, read_timeout)
 
     def get(self, path: str) -> dict[str, Any]:
         return self._request("GET", path)

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
-import subprocess
-import sys
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,10 +20,10 @@ from typing import Any
 from kubernetes import client
 
 from navarch import api
-from navarch.testing.controlplane import die_with_parent, free_port
+from navarch.testing.operator_process import OperatorProcess
 from navarch.wire import format_time
 
-from .cluster import Cluster, eventually
+from .cluster import Cluster
 
 CASE_LABEL = "navarch.test/case"
 TAINT = api.DEFAULT_TAINT_KEY
@@ -41,71 +37,9 @@ def stamp(delta: timedelta = timedelta(0)) -> str:
     return format_time(now() + delta)
 
 
-class OperatorProcess:
-    """``navarch-operator`` against the test cluster, with its log kept in a file."""
-
-    def __init__(self, cluster: Cluster, log_path: Path) -> None:
-        self.cluster = cluster
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self.health_port = 0
-
-    def start(self) -> None:
-        executable = Path(sys.executable).with_name("navarch-operator")
-        self.health_port = free_port()
-        argv = [
-            str(executable),
-            "--kubeconfig",
-            str(self.cluster.kubeconfig),
-            "--metrics-port",
-            str(free_port()),
-            "--health-port",
-            str(self.health_port),
-        ]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                die_with_parent(argv), stdout=log, stderr=subprocess.STDOUT
-            )
-        eventually(self._healthy, timeout=60)
-
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"navarch-operator exited with {self.process.returncode}")
-        url = f"http://127.0.0.1:{self.health_port}/healthz"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup handler, no drain, writes cut wherever they are."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def log(self, since: int = 0) -> str:
-        if not self.log_path.exists():
-            return ""
-        return self.log_path.read_bytes()[since:].decode(errors="replace")
-
-    def log_size(self) -> int:
-        return self.log_path.stat().st_size if self.log_path.exists() else 0
-
-
 @contextlib.contextmanager
 def running_operator(cluster: Cluster, tmp: Path) -> Iterator[OperatorProcess]:
-    operator = OperatorProcess(cluster, tmp / "operator.log")
+    operator = OperatorProcess(cluster.kubeconfig, tmp / "operator.log")
     operator.start()
     try:
         yield operator

@@ -133,7 +133,7 @@ def test_storm_with_operator_restarts_keeps_the_cap_and_converges(
     rng = random.Random(20261128)
     policy = world.policy(maxUnhealthy=CAP, heartbeatTimeout="10m")
     names = [world.node(f"chaos{i:02d}") for i in range(FLEET)]
-    operator = OperatorProcess(world.cluster, tmp_path / "operator.log")
+    operator = OperatorProcess(world.cluster.kubeconfig, tmp_path / "operator.log")
     operator.start()
     try:
         chaos = Chaos(world, operator, rng)

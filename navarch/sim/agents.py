@@ -1,0 +1,244 @@
+"""Light simulated agents: thousands of nodes' status writers in one process.
+
+Each simulated node keeps what a real agent keeps, in the agent's own types: a ``NodeState``
+(XID store, GPU reset tracker, latest snapshot) fed synthetic readings, and an identity with a
+boot id. Its status is built and written by the agent's code, ``NodeState.status``,
+``merge_patch`` and ``StatusWriter.patch_status`` (which creates the GpuNodeHealth, owned by
+the Node, on first write), through the agent's API client. Only the threads differ: instead of
+three per node, a few writer threads serve every node, each with its own client, taking urgent
+writes (a fault, a recovery) before heartbeats.
+
+A simulated reboot is what a real one is to the agent: a new boot id, a fresh state, GPUs
+back, volatile counters zeroed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from navarch import __version__, api
+from navarch.errors import ApiError
+from navarch.node_agent.kube import KubeClient
+from navarch.node_agent.node_state import NodeState
+from navarch.node_agent.status import AgentIdentity, merge_patch
+from navarch.node_agent.writer import StatusWriter
+from navarch.sim import synthetic
+from navarch.sim.scenario import FaultKind
+
+log = logging.getLogger(__name__)
+
+URGENT, HEARTBEAT = 0, 1
+RETRY_DELAY = 1.0
+STUCK_AFTER = 3600.0
+"""The simulated NVML never hangs; the agent's stuck detector must not fire between writes."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class SimNode:
+    """One simulated node's agent-side state."""
+
+    name: str
+    index: int
+    rack: int
+    gpus: int
+    rng: random.Random
+    state: NodeState = field(init=False)
+    identity: AgentIdentity = field(init=False)
+    readings: list[api.GpuStatus] = field(init=False)
+    silent: bool = False
+    faults: list[FaultKind] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.boot(utcnow())
+
+    def boot(self, now: datetime) -> None:
+        self.identity = AgentIdentity(
+            version=f"{__version__}-sim", boot_id=str(uuid.uuid4()), start_time=now
+        )
+        self.readings = synthetic.healthy_gpus(self.index, self.gpus, self.rng)
+        state = NodeState(stuck_after=STUCK_AFTER)
+        state.collected(synthetic.snapshot(self.readings), now)
+        self.state = state
+        self.silent = False
+        self.faults = []
+
+    def apply(self, fault: FaultKind, now: datetime) -> None:
+        gpu = self.rng.randrange(self.gpus)
+        if fault.kind == "xid":
+            assert fault.xid is not None
+            self.state.add_xids([synthetic.xid_event(fault.xid, gpu, now)])
+        elif fault.kind == "ecc":
+            self.readings = synthetic.with_uncorrectable_ecc(self.readings, gpu)
+            self.state.collected(synthetic.snapshot(self.readings), now)
+        elif fault.kind == "gpu-lost":
+            self.readings = synthetic.without_gpu(self.readings, gpu)
+            self.state.collected(synthetic.snapshot(self.readings), now)
+        elif fault.kind == "silence":
+            self.silent = True
+        self.faults.append(fault)
+
+
+class AgentFleet:
+    """Writes every simulated node's status: on demand, and on each node's heartbeat."""
+
+    def __init__(
+        self,
+        connect: Callable[[], KubeClient],
+        nodes: list[SimNode],
+        *,
+        heartbeat_interval: float,
+        writers: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+        on_urgent_write: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.nodes = {n.name: n for n in nodes}
+        self._connect = connect
+        """Makes one API client per writer thread: the agent's client is not thread-safe."""
+        self._interval = heartbeat_interval
+        self._writers = writers
+        self._clock = clock
+        self._on_urgent_write = on_urgent_write
+        """Told the node and the wall-clock time whenever an urgent write was accepted."""
+        self._lock = threading.Condition()
+        self._queue: list[tuple[float, int, str]] = []
+        self._queued: dict[str, tuple[int, int]] = {}
+        """Each node's one live queue entry: its priority and arrival number."""
+        self._arrival = itertools.count()
+        self._reporting: set[str] = set()
+        """Nodes with an urgent write not yet accepted: a retry after a failure still counts
+        as the write that reports the fault."""
+        self._spread = random.Random(0)
+        self._started: set[str] = set()
+        self._busy: set[str] = set()
+        self._again: set[str] = set()
+        """Nodes asked to write while a write of theirs was in flight: two writes of one node
+        must not race, or an older status could land last."""
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.writes = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        """Queue a first write for every node at once, then start the writer threads."""
+        now = self._clock()
+        for name in self.nodes:
+            self._push(name, HEARTBEAT, now)
+        for i in range(self._writers):
+            thread = threading.Thread(target=self._work, name=f"sim-writer-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def write_now(self, name: str) -> None:
+        self._push(name, URGENT, self._clock())
+
+    def _push(self, name: str, priority: int, due: float) -> None:
+        with self._lock:
+            queued = self._queued.get(name)
+            if queued is not None and queued[0] <= priority:
+                return
+            arrival = next(self._arrival)
+            self._queued[name] = (priority, arrival)
+            # Urgent writes sort before every heartbeat, due or not.
+            key = -1.0 if priority == URGENT else due
+            heapq.heappush(self._queue, (key, arrival, name))
+            self._lock.notify()
+
+    def _take(self) -> tuple[str, int] | None:
+        with self._lock:
+            while not self._stop.is_set():
+                if self._queue:
+                    due, arrival, name = self._queue[0]
+                    priority = URGENT if due < 0 else HEARTBEAT
+                    wait = due - self._clock()
+                    if wait <= 0:
+                        heapq.heappop(self._queue)
+                        # An entry an urgent write overtook is dropped.
+                        if self._queued.get(name, (0, -1))[1] != arrival:
+                            continue
+                        del self._queued[name]
+                        if name in self._busy:
+                            self._again.add(name)
+                            continue
+                        self._busy.add(name)
+                        return name, priority
+                    self._lock.wait(min(wait, 1.0))
+                else:
+                    self._lock.wait(1.0)
+            return None
+
+    def _work(self) -> None:
+        client = self._connect()
+        try:
+            while (taken := self._take()) is not None:
+                name, priority = taken
+                if priority == URGENT:
+                    with self._lock:
+                        self._reporting.add(name)
+                try:
+                    written = self._write(client, self.nodes[name])
+                finally:
+                    self._done(name)
+                if written:
+                    self._reported(name)
+        finally:
+            client.close()
+
+    def _reported(self, name: str) -> None:
+        with self._lock:
+            urgent = name in self._reporting
+            self._reporting.discard(name)
+        if urgent and self._on_urgent_write is not None:
+            self._on_urgent_write(name, time.time())
+
+    def _done(self, name: str) -> None:
+        with self._lock:
+            self._busy.discard(name)
+            again = name in self._again
+            self._again.discard(name)
+        if again:
+            self.write_now(name)
+
+    def _write(self, client: KubeClient, node: SimNode) -> bool:
+        """Write ``node``'s status; whether the API server accepted it."""
+        if node.silent:
+            self._push(node.name, HEARTBEAT, self._clock() + self._interval)
+            return False
+        status = node.state.status(node.identity, kmsg_error=None, expected=node.gpus, now=utcnow())
+        try:
+            StatusWriter(client, node.name).patch_status(merge_patch(status))
+        except ApiError as err:
+            with self._lock:
+                self.failures += 1
+                self.last_error = str(err)
+            self._push(node.name, HEARTBEAT, self._clock() + RETRY_DELAY)
+            return False
+        with self._lock:
+            self.writes += 1
+            # Real agents start at different moments; after the simultaneous first writes the
+            # heartbeats are spread over one interval, not all due in the same second.
+            first = node.name not in self._started
+            self._started.add(node.name)
+            delay = self._interval * (self._spread.random() if first else 1.0)
+        self._push(node.name, HEARTBEAT, self._clock() + delay)
+        return True

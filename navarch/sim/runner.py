@@ -1,0 +1,698 @@
+"""Runs one scenario against a control plane and the real operator, and measures it.
+
+Phases:
+
+1. **Set up**: the scenario's GpuHealthPolicy, selecting only this run's Nodes; the Nodes; and
+   one simulated agent per node (``agents``), whose first writes create the GpuNodeHealths.
+2. **Start** the real ``navarch-operator`` and wait until it has judged every node Healthy.
+3. **Play** the timeline (``plan``): faults, recoveries, operator SIGKILLs and restarts,
+   sampling the fleet and the operator every second.
+4. **Converge**: once the timeline is over, the fleet must reach what the policy asks for
+   (``expectations``) within the scenario's timeout.
+
+The result is a JSON-ready dict (the report's input, see ``report``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import platform
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from navarch import api
+from navarch.node_agent.kube import KubeClient, load_kubeconfig
+from navarch.node_agent.writer import NODE_COLLECTION
+from navarch.operator.storm import limit
+from navarch.sim import probes, stats
+from navarch.sim.agents import AgentFleet, SimNode
+from navarch.sim.expectations import Expected, gpu_condition, mismatches
+from navarch.sim.observer import TaintObserver
+from navarch.sim.plan import Step, StepKind, plan
+from navarch.sim.scenario import FaultKind, Scenario, Target
+from navarch.testing.operator_process import OperatorProcess
+from navarch.wire import format_time
+
+log = logging.getLogger(__name__)
+
+SIM_LABEL = f"{api.GROUP}/sim"
+RACK_LABEL = f"{api.GROUP}/sim-rack"
+POLICY_PRIORITY = 1000
+"""Above any policy an existing cluster may have, so the run's nodes are judged by its own."""
+SAMPLE_INTERVAL = 1.0
+API_SAMPLE_INTERVAL = 5.0
+"""The API server's metrics page is large; reading it every second would itself be load."""
+POLL_INTERVAL = 2.0
+SETUP_THREADS = 16
+LIST_TIMEOUT = 120.0
+"""Seconds to read a list of thousands of GpuNodeHealths on a busy machine."""
+PROGRESS_INTERVAL = 5.0
+NAVARCH_RESOURCES = frozenset({"nodes", "events", api.GNH_PLURAL, api.GHP_PLURAL})
+"""What Navarch writes: the per-node write rate counts these, not the API server's own."""
+
+
+@dataclass
+class FaultRecord:
+    node: str
+    fault: FaultKind
+    at: float
+    quarantines: bool
+    was_tainted: bool
+    step: str | None
+    """The scheduled step that caused it, e.g. ``t=30s xid 79 x150``; None for random faults."""
+    recovered_at: float | None = None
+    written_at: float | None = None
+    """When the API server accepted the agent's status write that reported it."""
+
+
+@dataclass
+class Latencies:
+    """Fault-to-taint latencies of quarantinable faults on untainted nodes."""
+
+    overall: list[float] = field(default_factory=list)
+    by_kind: dict[str, list[float]] = field(default_factory=dict)
+    by_step: dict[str, list[float]] = field(default_factory=dict)
+    from_status: list[float] = field(default_factory=list)
+    """From the API server accepting the agent's status write: the operator's share."""
+    missed: int = 0
+    """Faults never followed by a taint (held by storm protection, or recovered first)."""
+
+
+@dataclass
+class RecoveryRecord:
+    node: str
+    at: float
+    was_tainted: bool
+
+
+@dataclass
+class Sample:
+    t: float
+    tainted: int
+    faulty: int
+    operator_cpu_percent: float | None
+    operator_rss_mib: float | None
+    api_requests_per_second: float | None
+
+
+@dataclass
+class OperatorUsage:
+    """CPU and memory of the operator across its restarts."""
+
+    cpu_seconds: float = 0.0
+    pid: int | None = None
+    last_cpu: float = 0.0
+    rss: list[float] = field(default_factory=list)
+
+    def sample(self, pid: int | None) -> tuple[float | None, float | None]:
+        """(CPU seconds used since the last sample, RSS MiB) of ``pid``, the current process."""
+        if pid is None:
+            return None, None
+        cpu = probes.cpu_seconds(pid)
+        rss = probes.rss_mib(pid)
+        if cpu is None or rss is None:
+            return None, None
+        if pid != self.pid:
+            self.pid, self.last_cpu = pid, 0.0
+        used = cpu - self.last_cpu
+        self.last_cpu = cpu
+        self.cpu_seconds += used
+        self.rss.append(rss)
+        return used, rss
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    memory = 0.0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count() or 0,
+        "memoryGiB": round(memory, 1),
+        "cpuModel": model,
+        "python": platform.python_version(),
+    }
+
+
+class Simulation:
+    def __init__(
+        self,
+        scenario: Scenario,
+        kubeconfig: Path,
+        workdir: Path,
+        progress: Callable[[str], None] = print,
+    ) -> None:
+        self.scenario = scenario
+        self.kubeconfig = kubeconfig
+        self.workdir = workdir
+        self.say = progress
+        self.run_id = uuid.uuid4().hex[:8]
+        self.rng = random.Random(scenario.seed)
+        self.credentials = load_kubeconfig(str(kubeconfig))
+        self.client = KubeClient(self.credentials, read_timeout=LIST_TIMEOUT)
+        self._clients = threading.local()
+        names = scenario.node_names()
+        self.nodes = [
+            SimNode(
+                name,
+                i,
+                scenario.rack_of(i),
+                scenario.gpus_per_node,
+                random.Random(scenario.seed * 100003 + i),
+            )
+            for i, name in enumerate(names)
+        ]
+        self.agents = AgentFleet(
+            lambda: KubeClient(self.credentials),
+            self.nodes,
+            heartbeat_interval=scenario.heartbeat_interval,
+            on_urgent_write=self._written,
+        )
+        self._open_faults: dict[str, list[FaultRecord]] = {}
+        self.taint_key = scenario.policy_spec.taint_key
+        self.observer = TaintObserver(
+            self.credentials, f"{SIM_LABEL}={self.run_id}", self.taint_key
+        )
+        self.operator = OperatorProcess(kubeconfig, workdir / "operator.log", scenario.workers)
+        self.requests = probes.RequestCounter(self.credentials)
+        self.usage = OperatorUsage()
+        self.faults: list[FaultRecord] = []
+        self.recoveries: list[RecoveryRecord] = []
+        self.samples: list[Sample] = []
+        self.events: list[dict[str, Any]] = []
+        self.t0 = 0.0
+        self._stop_sampling = threading.Event()
+        self._api_rate: float | None = None
+        self._sampler: threading.Thread | None = None
+
+    # --- phases ------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        started = datetime.now(UTC)
+        try:
+            self._setup()
+            self._start_operator()
+            self._settle()
+            self.t0 = time.time()
+            writes_before = self.agents.writes
+            api_before = self.requests.read()
+            self._start_sampling()
+            self._play()
+            converged, problems, converge_seconds = self._converge()
+            elapsed = time.time() - self.t0
+            api_after = self.requests.read()
+            writes = self.agents.writes - writes_before
+            alive = self.operator.pid is not None
+        finally:
+            self._teardown()
+        return self._result(
+            started=started,
+            elapsed=elapsed,
+            converged=converged,
+            problems=problems,
+            converge_seconds=converge_seconds,
+            requests=(api_before, api_after),
+            agent_writes=writes,
+            operator_alive=alive,
+        )
+
+    def _setup(self) -> None:
+        s = self.scenario
+        self.say(
+            f"run {self.run_id}: {s.nodes:,} nodes x {s.gpus_per_node} GPUs in {s.racks} racks"
+        )
+        spec = dict(s.policy)
+        spec["nodeSelector"] = {"matchLabels": {SIM_LABEL: self.run_id}}
+        spec.setdefault("priority", POLICY_PRIORITY)
+        spec.setdefault("includeDefaultRules", True)
+        self.client.create(
+            f"/apis/{api.GROUP}/{api.VERSION}/{api.GHP_PLURAL}",
+            {
+                "apiVersion": api.API_VERSION,
+                "kind": api.GHP_KIND,
+                "metadata": {"name": f"sim-{self.run_id}"},
+                "spec": spec,
+            },
+        )
+        began = time.monotonic()
+        with ThreadPoolExecutor(SETUP_THREADS) as pool:
+            list(pool.map(self._create_node, self.nodes))
+        self.say(f"created {s.nodes:,} Nodes in {time.monotonic() - began:.1f} s")
+        began = time.monotonic()
+        self.agents.start()
+        while self.agents.writes < s.nodes:
+            if self.agents.failures > s.nodes:
+                raise RuntimeError(f"agents cannot write status: {self.agents.last_error}")
+            time.sleep(0.2)
+        self.say(
+            f"agents wrote {s.nodes:,} GpuNodeHealths in {time.monotonic() - began:.1f} s "
+            f"({self.agents.failures} failed writes retried)"
+        )
+
+    def _create_node(self, node: SimNode) -> None:
+        labels = {
+            SIM_LABEL: self.run_id,
+            RACK_LABEL: f"rack-{node.rack:02d}",
+            "nvidia.com/gpu.present": "true",
+        }
+        # The API client is one connection, not thread-safe: one per setup thread.
+        client: KubeClient | None = getattr(self._clients, "client", None)
+        if client is None:
+            client = self._clients.client = KubeClient(self.credentials)
+        client.create(NODE_COLLECTION, {"metadata": {"name": node.name, "labels": labels}})
+
+    def _start_operator(self) -> None:
+        self.observer.start()
+        self.operator.start()
+        self.say(
+            f"navarch-operator started (pid {self.operator.pid}, log {self.operator.log_path})"
+        )
+
+    def _settle(self) -> None:
+        began = time.monotonic()
+        deadline = began + self.scenario.settle_timeout
+        while True:
+            healthy = self._healthy_verdicts()
+            if healthy == self.scenario.nodes:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"only {healthy} of {self.scenario.nodes} nodes judged healthy within "
+                    f"{self.scenario.settle_timeout:.0f}s; see {self.operator.log_path}"
+                )
+            self.operator.healthy()
+            time.sleep(POLL_INTERVAL)
+        self.say(f"operator judged every node healthy after {time.monotonic() - began:.1f} s")
+
+    def _healthy_verdicts(self) -> int:
+        """Nodes whose GpuHealthy condition the operator has set to True. Nodes, not the
+        GpuNodeHealths: listing thousands of GPU statuses every poll would load the API server
+        more than the fleet does."""
+        listed = self._list_nodes()
+        return sum(1 for n in listed if gpu_condition(n) == api.ConditionStatus.TRUE.value)
+
+    def _list_nodes(self) -> list[dict[str, Any]]:
+        listed = self.client.get(f"{NODE_COLLECTION}?labelSelector={SIM_LABEL}%3D{self.run_id}")
+        return list(listed.get("items") or [])
+
+    def _play(self) -> None:
+        s = self.scenario
+        self.say(f"playing {s.name!r} for {s.duration:.0f} s")
+        order = itertools.count()
+        queue: list[tuple[float, int, Step]] = [(st.at, next(order), st) for st in plan(s)]
+        heapq.heapify(queue)
+        next_report = 0.0
+        while True:
+            now = time.time() - self.t0
+            if queue and queue[0][0] <= now:
+                _, _, step = heapq.heappop(queue)
+                for later in self._do(step):
+                    heapq.heappush(queue, (later.at, next(order), later))
+                continue
+            if now >= s.duration and not any(st.kind is StepKind.FAULT for _, _, st in queue):
+                break
+            if now >= next_report:
+                self._progress(now)
+                next_report = now + PROGRESS_INTERVAL
+            wait = min(queue[0][0] if queue else s.duration, next_report) - now
+            time.sleep(max(0.0, min(wait, 0.5)))
+        if self.operator.pid is None:
+            self.operator.start()
+
+    def _do(self, step: Step) -> list[Step]:
+        """Carry out ``step``; return the recoveries it schedules."""
+        at = time.time()
+        if step.scheduled:
+            self.events.append({"t": round(at - self.t0, 3), "what": step.describe()})
+        if step.kind is StepKind.RESTART:
+            self.operator.kill()
+            self.operator.start(wait=False)
+            return []
+        assert step.target is not None
+        if step.kind is StepKind.RECOVER:
+            for node in self._pick(step.target, faulty=True):
+                self._recover(node, at)
+            return []
+        assert step.fault is not None
+        hit = self._pick(step.target, faulty=False)
+        label = f"t={step.at:g}s {step.describe()}" if step.scheduled else None
+        for node in hit:
+            self._break(node, step.fault, at, label)
+        if step.recover_after is None or not hit:
+            return []
+        names = tuple(n.name for n in hit)
+        return [
+            Step(
+                at - self.t0 + step.recover_after,
+                StepKind.RECOVER,
+                Target(names=names),
+                scheduled=step.scheduled,
+            )
+        ]
+
+    def _pick(self, target: Target, *, faulty: bool) -> list[SimNode]:
+        if target.names:
+            return [self.agents.nodes[n] for n in target.names]
+        if target.rack is not None:
+            pool = [n for n in self.nodes if n.rack == target.rack]
+            return [n for n in pool if bool(n.faults) == faulty] if faulty else pool
+        if target.every:
+            return [n for n in self.nodes if n.faults]
+        assert target.count is not None
+        pool = [n for n in self.nodes if bool(n.faults) == faulty]
+        if not faulty:
+            # Untainted nodes first: a node still in quarantine from an earlier fault would
+            # give no fault-to-taint latency to measure.
+            calm = [n for n in pool if not self.observer.is_tainted(n.name)]
+            pool = calm if len(calm) >= target.count else pool
+        return self.rng.sample(pool, min(target.count, len(pool)))
+
+    def _break(self, node: SimNode, fault: FaultKind, at: float, step: str | None) -> None:
+        self.faults.append(
+            FaultRecord(
+                node.name,
+                fault,
+                at,
+                fault.quarantines(self.scenario.stale_action),
+                self.observer.is_tainted(node.name),
+                step,
+            )
+        )
+        self._open_faults.setdefault(node.name, []).append(self.faults[-1])
+        node.apply(fault, datetime.fromtimestamp(at, UTC))
+        self.agents.write_now(node.name)
+
+    def _written(self, name: str, at: float) -> None:
+        for record in self._open_faults.pop(name, []):
+            record.written_at = at
+
+    def _recover(self, node: SimNode, at: float) -> None:
+        self.recoveries.append(RecoveryRecord(node.name, at, self.observer.is_tainted(node.name)))
+        for record in self.faults:
+            if record.node == node.name and record.recovered_at is None:
+                record.recovered_at = at
+        node.boot(datetime.fromtimestamp(at, UTC))
+        self.agents.write_now(node.name)
+
+    def _expected(self) -> Expected:
+        s = self.scenario
+        stale = s.stale_action
+        return Expected(
+            cap=limit(s.policy_spec.max_unhealthy, s.nodes),
+            quarantinable=frozenset(
+                n.name for n in self.nodes if any(f.quarantines(stale) for f in n.faults)
+            ),
+            silent=frozenset(n.name for n in self.nodes if n.silent),
+            dry_run=s.policy_spec.dry_run,
+            cordons=s.cordons,
+            taint_key=self.taint_key,
+        )
+
+    def _converge(self) -> tuple[bool, list[str], float | None]:
+        began = time.monotonic()
+        deadline = began + self.scenario.converge_timeout
+        expected = self._expected()
+        self.say(
+            f"timeline over; waiting for the fleet to converge: {len(expected.quarantinable)} "
+            f"quarantinable faulty nodes, storm cap {expected.cap}"
+        )
+        problems: list[str] = []
+        while time.monotonic() < deadline:
+            problems = mismatches(expected, self._list_nodes())
+            if not problems:
+                seconds = time.monotonic() - began
+                self.say(f"converged {seconds:.1f} s after the timeline ended")
+                return True, [], seconds
+            time.sleep(POLL_INTERVAL)
+        for problem in problems:
+            self.say(f"not converged: {problem}")
+        return False, problems, None
+
+    def _teardown(self) -> None:
+        self._stop_sampling.set()
+        if self._sampler is not None:
+            self._sampler.join(timeout=10)
+        self.agents.stop()
+        self.operator.stop()
+        self.observer.stop()
+        self.requests.close()
+        self.client.close()
+
+    # --- sampling ----------------------------------------------------------------------------
+
+    def _start_sampling(self) -> None:
+        self._sampler = threading.Thread(target=self._sample_loop, name="sim-sampler", daemon=True)
+        self._sampler.start()
+
+    def _sample_loop(self) -> None:
+        last_api: tuple[float, Counter[str]] | None = None
+        next_api = 0.0
+        last = time.time()
+        self.usage.sample(self.operator.pid)
+        while not self._stop_sampling.wait(SAMPLE_INTERVAL):
+            now = time.time()
+            if now >= next_api:
+                counts = self.requests.read()
+                if counts is not None and last_api is not None:
+                    total = sum(counts.values()) - sum(last_api[1].values())
+                    self._api_rate = total / (now - last_api[0])
+                if counts is not None:
+                    last_api = (now, counts)
+                next_api = now + API_SAMPLE_INTERVAL
+            used, rss = self.usage.sample(self.operator.pid)
+            self.samples.append(
+                Sample(
+                    t=round(now - self.t0, 3),
+                    tainted=self.observer.tainted,
+                    faulty=len(self._expected().quarantinable),
+                    operator_cpu_percent=None if used is None else 100 * used / (now - last),
+                    operator_rss_mib=rss,
+                    api_requests_per_second=self._api_rate,
+                )
+            )
+            last = now
+
+    def _progress(self, now: float) -> None:
+        latest = self.samples[-1] if self.samples else None
+        cpu, rss = "-", "-"
+        if latest is not None and latest.operator_cpu_percent is not None:
+            cpu = f"{latest.operator_cpu_percent:.0f}%"
+        if latest is not None and latest.operator_rss_mib is not None:
+            rss = f"{latest.operator_rss_mib:.0f} MiB"
+        api_rate = f"{self._api_rate:.0f}/s" if self._api_rate is not None else "-"
+        faulty = len(self._expected().quarantinable)
+        self.say(
+            f"t={now:6.1f}s faults={len(self.faults):5d} faulty={faulty:5d} "
+            f"tainted={self.observer.tainted:5d} operator cpu={cpu} rss={rss} "
+            f"restarts={self.operator.starts - 1} api={api_rate}"
+        )
+
+    # --- the result --------------------------------------------------------------------------
+
+    def _latencies(self) -> Latencies:
+        out = Latencies()
+        for f in self.faults:
+            if not f.quarantines or f.was_tainted:
+                continue
+            tainted = self.observer.first_change(f.node, True, f.at)
+            if tainted is None or (f.recovered_at is not None and tainted > f.recovered_at):
+                out.missed += 1
+                continue
+            out.overall.append(tainted - f.at)
+            out.by_kind.setdefault(str(f.fault), []).append(tainted - f.at)
+            if f.step is not None:
+                out.by_step.setdefault(f.step, []).append(tainted - f.at)
+            if f.written_at is not None:
+                out.from_status.append(max(0.0, tainted - f.written_at))
+        return out
+
+    def _releases(self) -> tuple[list[float], int]:
+        out: list[float] = []
+        never = 0
+        for r in self.recoveries:
+            if not r.was_tainted:
+                continue
+            released = self.observer.first_change(r.node, False, r.at)
+            if released is None:
+                never += 1
+            else:
+                out.append(released - r.at)
+        return out, never
+
+    def _result(
+        self,
+        *,
+        started: datetime,
+        elapsed: float,
+        converged: bool,
+        problems: list[str],
+        converge_seconds: float | None,
+        requests: tuple[Counter[str] | None, Counter[str] | None],
+        agent_writes: int,
+        operator_alive: bool,
+    ) -> dict[str, Any]:
+        s = self.scenario
+        cap = limit(s.policy_spec.max_unhealthy, s.nodes)
+        latencies = self._latencies()
+        releases, never_released = self._releases()
+        quarantined_at = [
+            t
+            for transitions in self.observer.transitions.values()
+            for t, on in transitions
+            if on and t >= self.t0
+        ]
+        first_fault = min((f.at for f in self.faults if f.quarantines), default=self.t0)
+        before, after = requests
+        by_request: dict[str, float] = {}
+        writes_per_node_minute = None
+        if before is not None and after is not None and elapsed > 0:
+            delta = after - before
+            by_request = {k: round(v / elapsed, 2) for k, v in delta.most_common()}
+            navarch_writes = sum(
+                v
+                for k, v in delta.items()
+                if k.split()[0] in probes.WRITE_VERBS
+                and k.split()[1].split("/")[0] in NAVARCH_RESOURCES
+            )
+            writes_per_node_minute = navarch_writes / s.nodes / (elapsed / 60)
+        cpu = [x.operator_cpu_percent for x in self.samples if x.operator_cpu_percent is not None]
+        checks = [
+            check(
+                "storm protection held the cap",
+                self.observer.max_tainted <= cap or s.policy_spec.dry_run,
+                f"at most {self.observer.max_tainted} nodes tainted at once; cap {cap}",
+            ),
+            check(
+                "no node carried Navarch's taint twice",
+                not self.observer.doubled,
+                ", ".join(sorted(self.observer.doubled)[:5]) or "none did",
+            ),
+            check(
+                "the fleet converged on what the policy says",
+                converged,
+                f"in {converge_seconds:.1f} s after the timeline"
+                if converged and converge_seconds is not None
+                else "; ".join(problems),
+            ),
+            check(
+                "the operator is running at the end",
+                operator_alive,
+                f"started {self.operator.starts} times",
+            ),
+        ]
+        return {
+            "scenario": {
+                "name": s.name,
+                "description": s.description,
+                "file": s.file,
+                "nodes": s.nodes,
+                "gpusPerNode": s.gpus_per_node,
+                "racks": s.racks,
+                "maxUnhealthy": str(s.policy_spec.max_unhealthy),
+                "healthyFor": s.healthy_for,
+                "durationSeconds": s.duration,
+            },
+            "machine": machine(),
+            "startedAt": format_time(started),
+            "checks": checks,
+            "latency": {
+                "faultToTaint": {
+                    **stats.summarize(latencies.overall),
+                    "samples": _rounded(latencies.overall),
+                },
+                "statusToTaint": stats.summarize(latencies.from_status),
+                "recoveryToRelease": {**stats.summarize(releases), "samples": _rounded(releases)},
+                "faultToTaintByFault": {
+                    k: stats.summarize(v) for k, v in latencies.by_kind.items()
+                },
+                "faultToTaintByStep": {k: _burst(v) for k, v in latencies.by_step.items()},
+            },
+            "throughput": {
+                "quarantines": len(quarantined_at),
+                "releases": len(releases),
+                "quarantinesPerSecond": stats.rate(quarantined_at, first_fault),
+                "peakQuarantinesPerSecond": stats.peak_rate(quarantined_at),
+                "faults": len(self.faults),
+                "faultsNeverQuarantined": latencies.missed,
+                "recoveriesNeverReleased": never_released,
+            },
+            "api": {
+                "requestsPerSecond": round(sum(by_request.values()), 2) if by_request else None,
+                "byRequest": by_request,
+                "agentWritesPerNodePerMinute": agent_writes / s.nodes / (elapsed / 60)
+                if elapsed > 0
+                else None,
+                "writesPerNodePerMinute": writes_per_node_minute,
+                "agentWriteFailures": self.agents.failures,
+            },
+            "operator": {
+                "cpuSeconds": round(self.usage.cpu_seconds, 2),
+                "cpuPercentMean": round(100 * self.usage.cpu_seconds / elapsed, 1)
+                if elapsed > 0
+                else None,
+                "cpuPercentMax": round(max(cpu), 1) if cpu else None,
+                "rssMiBMax": round(max(self.usage.rss), 1) if self.usage.rss else None,
+                "rssMiBEnd": round(self.usage.rss[-1], 1) if self.usage.rss else None,
+                "restarts": self.operator.starts - 1,
+            },
+            "storm": {
+                "cap": cap,
+                "maxTainted": self.observer.max_tainted,
+                "capHeld": self.observer.max_tainted <= cap,
+            },
+            "timeline": [
+                {
+                    "t": x.t,
+                    "tainted": x.tainted,
+                    "faulty": x.faulty,
+                    "operatorCpuPercent": None
+                    if x.operator_cpu_percent is None
+                    else round(x.operator_cpu_percent, 1),
+                    "operatorRssMiB": None
+                    if x.operator_rss_mib is None
+                    else round(x.operator_rss_mib, 1),
+                    "apiRequestsPerSecond": None
+                    if x.api_requests_per_second is None
+                    else round(x.api_requests_per_second, 1),
+                }
+                for x in self.samples
+            ],
+            "events": self.events,
+        }
+
+
+def _burst(latencies: list[float]) -> dict[str, Any]:
+    """A scheduled step's latencies, with its throughput: nodes tainted per second from the
+    fault to the last taint."""
+    summary = stats.summarize(latencies)
+    last = summary["max"]
+    summary["nodesPerSecond"] = len(latencies) / last if last else None
+    return summary
+
+
+def check(name: str, passed: bool, detail: str) -> dict[str, Any]:
+    return {"name": name, "passed": passed, "detail": detail}
+
+
+def _rounded(values: list[float]) -> list[float]:
+    return [round(v, 4) for v in values]

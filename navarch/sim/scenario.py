@@ -1,0 +1,440 @@
+"""Simulator scenario files: the YAML format, read into checked, typed values.
+
+A scenario says how big the fleet is, which GpuHealthPolicy governs it, and what happens to it
+over time: faults at fixed moments, random faults at a rate, recoveries, and operator restarts.
+``scenarios/README.md`` documents every key with examples. Reading goes through the same typed
+conversion as the custom resources, so a mistake is reported with its exact path
+(``faults[2].nodes: expected int, got str 'ten'``), and keys that mean nothing are refused rather
+than silently ignored: a typo must not turn a 1,000-node storm into a quiet run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from navarch import api
+from navarch.api import doc, required
+from navarch.durations import parse_duration
+from navarch.errors import InvalidObjectError, NavarchError
+from navarch.node_agent.xid_store import classify
+from navarch.operator.storm import check_max_unhealthy
+from navarch.wire import camel, from_wire, type_hints
+from navarch.xid_catalog import HARDWARE_ACTIONS, RESET_ACTIONS
+
+MAX_NODES = 5000
+FAULT_KINDS = ("xid", "ecc", "gpu-lost", "silence")
+_FAULT = re.compile(r"^(xid) ([0-9]+)$|^(ecc|gpu-lost|silence)$")
+
+
+class ScenarioError(NavarchError):
+    """A scenario file that cannot be run, with where and why."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(f"{source}: {problem}")
+        self.source = source
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class FaultKind:
+    """One kind of fault: ``xid 79``, ``ecc``, ``gpu-lost`` or ``silence``."""
+
+    kind: str
+    xid: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> FaultKind:
+        match = _FAULT.match(text.strip()) if isinstance(text, str) else None
+        if match is None:
+            raise ValueError(
+                f"unknown fault {text!r}: expected 'xid N', 'ecc', 'gpu-lost' or 'silence'"
+            )
+        if match.group(1):
+            return cls("xid", int(match.group(2)))
+        return cls(match.group(3))
+
+    def __str__(self) -> str:
+        return f"xid {self.xid}" if self.kind == "xid" else self.kind
+
+    def quarantines(self, stale_action: api.ActionSpec) -> bool:
+        """Whether the default rules (and ``stale_action`` for silence) quarantine for it.
+
+        XIDs go by NVIDIA's catalog, not by asking the operator: the simulator's expectation
+        must come from a source of its own.
+        """
+        if self.kind == "xid":
+            assert self.xid is not None
+            action = classify(self.xid, None).immediate_action
+            return action in RESET_ACTIONS or action in HARDWARE_ACTIONS
+        if self.kind == "silence":
+            return stale_action.taint != "None" or stale_action.cordon
+        return True
+
+
+@dataclass(kw_only=True)
+class FleetShape:
+    nodes: int = required("How many GPU nodes to simulate.", minimum=1, maximum=MAX_NODES)
+    gpus_per_node: int = doc("GPUs per node.", default=8)
+    racks: int = doc(
+        "Racks the nodes are spread over, in equal contiguous blocks; faults and recoveries "
+        "can target a whole rack.",
+        default=1,
+    )
+    heartbeat_interval: str = doc("How often each agent rewrites its status.", default="30s")
+
+
+@dataclass(kw_only=True)
+class Restarts:
+    min_interval: str = required("Shortest time between two operator kills.")
+    max_interval: str = required("Longest time between two operator kills.")
+
+
+@dataclass(kw_only=True)
+class OperatorSettings:
+    workers: int = doc("The operator's --workers.", default=32)
+    restarts: Restarts | None = doc("SIGKILL and restart the operator at random while it runs.")
+
+
+@dataclass(kw_only=True)
+class ScheduledFault:
+    at: str = required("When, after the scenario starts.")
+    fault: str = required("What breaks: 'xid N', 'ecc', 'gpu-lost' or 'silence'.")
+    nodes: int | None = doc("This many healthy nodes, chosen at random.")
+    rack: int | None = doc("Every node of this rack (0-based).")
+    names: list[str] = doc("These nodes, by name.", default=[])
+    recover_after: str | None = doc("Reboot each hit node this long after the fault.")
+
+
+@dataclass(kw_only=True)
+class RandomFaults:
+    rate: float = required("Faults per second over the whole fleet (a Poisson process).")
+    mix: dict[str, float] = required("Relative weight of each fault, e.g. {'xid 79': 3}.")
+    start: str = doc("When the faults begin.", default="0s")
+    end: str | None = doc("When they stop; default: the end of the scenario.")
+    recover_after: str | None = doc("Reboot each hit node this long after its fault.")
+
+
+@dataclass(kw_only=True)
+class ScheduledRecovery:
+    at: str = required("When, after the scenario starts.")
+    all: bool = doc("Every faulty node.", default=False)
+    nodes: int | None = doc("This many faulty nodes, chosen at random.")
+    rack: int | None = doc("The faulty nodes of this rack.")
+    names: list[str] = doc("These nodes, by name.", default=[])
+
+
+@dataclass(kw_only=True)
+class ScenarioFile:
+    name: str = required("Short name, used for the report.")
+    description: str = doc("What the scenario shows.", default="")
+    seed: int = doc("Seed of every random choice, so a run can be repeated.", default=1)
+    duration: str = required("How long faults, recoveries and restarts go on.")
+    converge_timeout: str = doc(
+        "How long the fleet may take afterwards to reach the state the policy asks for.",
+        default="3m",
+    )
+    settle_timeout: str = doc(
+        "How long the operator may take to judge the new fleet.", default="10m"
+    )
+    fleet: FleetShape = required("The simulated fleet.")
+    policy: dict[str, Any] = doc(
+        "The GpuHealthPolicy spec; nodeSelector is set by the simulator.", default={}
+    )
+    operator: OperatorSettings = doc("How the operator runs.", default=OperatorSettings())
+    faults: list[ScheduledFault] = doc("Faults at fixed times.", default=[])
+    random_faults: list[RandomFaults] = doc("Faults at random times.", default=[])
+    recoveries: list[ScheduledRecovery] = doc("Recoveries at fixed times.", default=[])
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which nodes an action hits: a count picked at random, a rack, names, or all."""
+
+    count: int | None = None
+    rack: int | None = None
+    names: tuple[str, ...] = ()
+    every: bool = False
+
+
+@dataclass(frozen=True)
+class FaultAction:
+    at: float
+    fault: FaultKind
+    target: Target
+    recover_after: float | None
+
+
+@dataclass(frozen=True)
+class RecoveryAction:
+    at: float
+    target: Target
+
+
+@dataclass(frozen=True)
+class RandomFaultSource:
+    rate: float
+    mix: tuple[tuple[FaultKind, float], ...]
+    start: float
+    end: float
+    recover_after: float | None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A checked scenario; times are seconds from the start of the scenario."""
+
+    name: str
+    description: str
+    file: str
+    seed: int
+    duration: float
+    converge_timeout: float
+    settle_timeout: float
+    nodes: int
+    gpus_per_node: int
+    racks: int
+    heartbeat_interval: float
+    policy: dict[str, Any]
+    policy_spec: api.GpuHealthPolicySpec
+    workers: int
+    restarts: tuple[float, float] | None
+    faults: tuple[FaultAction, ...]
+    random_faults: tuple[RandomFaultSource, ...]
+    recoveries: tuple[RecoveryAction, ...]
+
+    @property
+    def healthy_for(self) -> str:
+        recovery = self.policy_spec.recovery
+        return recovery.healthy_for if recovery else api.Recovery().healthy_for
+
+    @property
+    def stale_action(self) -> api.ActionSpec:
+        actions = self.policy_spec.actions or api.Actions()
+        return actions.stale
+
+    @property
+    def cordons(self) -> bool:
+        actions = self.policy_spec.actions or api.Actions()
+        return actions.unhealthy.cordon
+
+    def node_names(self) -> list[str]:
+        width = max(4, len(str(self.nodes - 1)))
+        return [f"sim-{i:0{width}d}" for i in range(self.nodes)]
+
+    def rack_of(self, index: int) -> int:
+        return index * self.racks // self.nodes
+
+
+def load(path: Path) -> Scenario:
+    """Read and check the scenario at ``path``; raise ScenarioError saying what is wrong."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ScenarioError(str(path), f"cannot read: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise ScenarioError(str(path), f"not valid YAML: {err}") from None
+    return parse(data, str(path))
+
+
+def parse(data: Any, source: str) -> Scenario:
+    """Check ``data`` (a parsed scenario file) and resolve it into a Scenario."""
+    try:
+        unknown = _unknown_keys(ScenarioFile, data, "scenario")
+        if unknown:
+            raise InvalidObjectError(unknown, "unknown key")
+        raw = from_wire(ScenarioFile, data, "scenario")
+        return _resolve(raw, source)
+    except InvalidObjectError as err:
+        raise ScenarioError(source, str(err)) from None
+
+
+def _unknown_keys(cls: Any, data: Any, path: str) -> str | None:
+    """The path of the first key ``cls`` does not define, looking inside nested types."""
+    origin = typing.get_origin(cls)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(cls) if a is not type(None)]
+        return _unknown_keys(inner[0], data, path) if len(inner) == 1 else None
+    if origin is list and isinstance(data, list):
+        for i, item in enumerate(data):
+            found = _unknown_keys(typing.get_args(cls)[0], item, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if not (dataclasses.is_dataclass(cls) and isinstance(data, dict)):
+        return None
+    hints = type_hints(typing.cast(type, cls))
+    fields = {camel(f.name): hints[f.name] for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in fields:
+            return f"{path}.{key}"
+        found = _unknown_keys(fields[key], value, f"{path}.{key}")
+        if found:
+            return found
+    return None
+
+
+def _seconds(text: str, path: str) -> float:
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError as err:
+        raise InvalidObjectError(path, str(err)) from None
+
+
+def _optional_seconds(text: str | None, path: str) -> float | None:
+    return None if text is None else _seconds(text, path)
+
+
+def _fault(text: str, path: str) -> FaultKind:
+    try:
+        return FaultKind.parse(text)
+    except ValueError as err:
+        raise InvalidObjectError(path, str(err)) from None
+
+
+def _target(
+    path: str,
+    fleet: FleetShape,
+    *,
+    count: int | None,
+    rack: int | None,
+    names: list[str],
+    every: bool | None = None,
+) -> Target:
+    chosen = [bool(every), count is not None, rack is not None, bool(names)]
+    if sum(chosen) != 1:
+        keys = "'nodes', 'rack', 'names'" + (" or 'all: true'" if every is not None else "")
+        raise InvalidObjectError(path, f"needs exactly one of {keys}")
+    if count is not None and not 1 <= count <= fleet.nodes:
+        raise InvalidObjectError(f"{path}.nodes", f"must be from 1 to {fleet.nodes}, got {count}")
+    if rack is not None and not 0 <= rack < fleet.racks:
+        raise InvalidObjectError(f"{path}.rack", f"must be from 0 to {fleet.racks - 1}, got {rack}")
+    return Target(count=count, rack=rack, names=tuple(names), every=bool(every))
+
+
+def _resolve(raw: ScenarioFile, source: str) -> Scenario:
+    fleet = raw.fleet
+    if fleet.nodes < 1 or fleet.nodes > MAX_NODES:
+        raise InvalidObjectError("scenario.fleet.nodes", f"must be from 1 to {MAX_NODES}")
+    if fleet.gpus_per_node < 1:
+        raise InvalidObjectError("scenario.fleet.gpusPerNode", "must be at least 1")
+    if not 1 <= fleet.racks <= fleet.nodes:
+        raise InvalidObjectError("scenario.fleet.racks", f"must be from 1 to {fleet.nodes}")
+    if "nodeSelector" in raw.policy:
+        raise InvalidObjectError(
+            "scenario.policy.nodeSelector", "is set by the simulator to select its own nodes"
+        )
+    unknown = _unknown_keys(api.GpuHealthPolicySpec, raw.policy, "scenario.policy")
+    if unknown:
+        raise InvalidObjectError(unknown, "unknown key")
+    spec = from_wire(api.GpuHealthPolicySpec, raw.policy, "scenario.policy")
+    for key, value in (
+        ("heartbeatTimeout", spec.heartbeat_timeout),
+        ("recovery.healthyFor", spec.recovery.healthy_for if spec.recovery else None),
+        ("xids.window", spec.xids.window if spec.xids else None),
+    ):
+        _optional_seconds(value, f"scenario.policy.{key}")
+    try:
+        check_max_unhealthy(spec.max_unhealthy)
+    except ValueError as err:
+        raise InvalidObjectError("scenario.policy.maxUnhealthy", str(err)) from None
+    duration = _seconds(raw.duration, "scenario.duration")
+    restarts = None
+    if raw.operator.restarts is not None:
+        r = raw.operator.restarts
+        low = _seconds(r.min_interval, "scenario.operator.restarts.minInterval")
+        high = _seconds(r.max_interval, "scenario.operator.restarts.maxInterval")
+        if not 0 < low <= high:
+            raise InvalidObjectError(
+                "scenario.operator.restarts", "needs 0 < minInterval <= maxInterval"
+            )
+        restarts = (low, high)
+    if raw.operator.workers < 1:
+        raise InvalidObjectError("scenario.operator.workers", "must be at least 1")
+    faults = []
+    for i, f in enumerate(raw.faults):
+        path = f"scenario.faults[{i}]"
+        faults.append(
+            FaultAction(
+                at=_seconds(f.at, f"{path}.at"),
+                fault=_fault(f.fault, f"{path}.fault"),
+                target=_target(path, fleet, count=f.nodes, rack=f.rack, names=f.names),
+                recover_after=_optional_seconds(f.recover_after, f"{path}.recoverAfter"),
+            )
+        )
+    sources = []
+    for i, drawn in enumerate(raw.random_faults):
+        sources.append(_random_source(drawn, f"scenario.randomFaults[{i}]", duration))
+    recoveries = []
+    for i, rec in enumerate(raw.recoveries):
+        path = f"scenario.recoveries[{i}]"
+        target = _target(
+            path, fleet, count=rec.nodes, rack=rec.rack, names=rec.names, every=rec.all
+        )
+        recoveries.append(RecoveryAction(_seconds(rec.at, f"{path}.at"), target))
+    scenario = Scenario(
+        name=raw.name,
+        description=raw.description.strip(),
+        file=source,
+        seed=raw.seed,
+        duration=duration,
+        converge_timeout=_seconds(raw.converge_timeout, "scenario.convergeTimeout"),
+        settle_timeout=_seconds(raw.settle_timeout, "scenario.settleTimeout"),
+        nodes=fleet.nodes,
+        gpus_per_node=fleet.gpus_per_node,
+        racks=fleet.racks,
+        heartbeat_interval=_seconds(fleet.heartbeat_interval, "scenario.fleet.heartbeatInterval"),
+        policy=dict(raw.policy),
+        policy_spec=spec,
+        workers=raw.operator.workers,
+        restarts=restarts,
+        faults=tuple(faults),
+        random_faults=tuple(sources),
+        recoveries=tuple(recoveries),
+    )
+    timeout = _seconds(spec.heartbeat_timeout, "scenario.policy.heartbeatTimeout")
+    if timeout < 2 * scenario.heartbeat_interval:
+        raise InvalidObjectError(
+            "scenario.policy.heartbeatTimeout",
+            f"{spec.heartbeat_timeout} is less than twice the agents' heartbeatInterval "
+            f"{raw.fleet.heartbeat_interval}: healthy nodes would be judged stale",
+        )
+    for i, action in enumerate(scenario.faults):
+        if action.at > duration:
+            raise InvalidObjectError(f"scenario.faults[{i}].at", "is after the duration")
+    known = set(scenario.node_names())
+    for i, action in enumerate(scenario.faults):
+        _check_names(f"scenario.faults[{i}].names", action.target, known)
+    for i, rec_action in enumerate(scenario.recoveries):
+        _check_names(f"scenario.recoveries[{i}].names", rec_action.target, known)
+    if scenario.heartbeat_interval <= 0:
+        raise InvalidObjectError("scenario.fleet.heartbeatInterval", "must be positive")
+    return scenario
+
+
+def _random_source(raw: RandomFaults, path: str, duration: float) -> RandomFaultSource:
+    # Written as "not > 0" so that a YAML .nan is refused too.
+    if not raw.rate > 0:
+        raise InvalidObjectError(f"{path}.rate", "must be positive")
+    mix = tuple((_fault(k, f"{path}.mix.{k}"), w) for k, w in raw.mix.items())
+    if not mix or not all(w > 0 for _, w in mix):
+        raise InvalidObjectError(f"{path}.mix", "needs at least one fault, weights positive")
+    start = _seconds(raw.start, f"{path}.start")
+    end = duration if raw.end is None else _seconds(raw.end, f"{path}.end")
+    if not 0 <= start < end <= duration:
+        raise InvalidObjectError(path, "needs 0 <= start < end <= duration")
+    recover = _optional_seconds(raw.recover_after, f"{path}.recoverAfter")
+    return RandomFaultSource(raw.rate, mix, start, end, recover)
+
+
+def _check_names(path: str, target: Target, known: set[str]) -> None:
+    for name in target.names:
+        if name not in known:
+            raise InvalidObjectError(path, f"no simulated node {name!r} (names are sim-0000...)")

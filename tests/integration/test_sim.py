@@ -1,0 +1,64 @@
+"""``navarch-sim`` end to end: the quick example scenario against the test cluster.
+
+The simulator's own checks (storm cap, no doubled taints, convergence on what the policy says)
+must pass, and the measurements must describe what the scenario did: two XID 79 faults and one
+ECC fault quarantined and released, the XID 13 recorded but never quarantined.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from navarch.testing.controlplane import REPO_ROOT
+
+from .cluster import Cluster
+
+SIM = Path(sys.executable).with_name("navarch-sim")
+QUARANTINABLE_FAULTS = 3
+"""quick.yaml: XID 79 on two nodes and an ECC error on one; its XID 13 must not count."""
+
+
+def test_quick_scenario_quarantines_releases_and_passes_every_check(
+    crds: Cluster, tmp_path: Path
+) -> None:
+    out = tmp_path / "quick"
+    run = subprocess.run(
+        [
+            str(SIM),
+            "run",
+            str(REPO_ROOT / "scenarios" / "quick.yaml"),
+            "--kubeconfig",
+            str(crds.kubeconfig),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert [c["name"] for c in result["checks"] if not c["passed"]] == []
+    assert len(result["checks"]) == 4
+
+    latency = result["latency"]
+    assert latency["faultToTaint"]["count"] == QUARANTINABLE_FAULTS
+    assert sorted(latency["faultToTaintByFault"]) == ["ecc", "xid 79"]
+    assert latency["recoveryToRelease"]["count"] == QUARANTINABLE_FAULTS
+    # Releases wait out the policy's healthyFor of 10 s.
+    assert latency["recoveryToRelease"]["p50"] >= 10.0
+    assert result["throughput"]["faults"] == QUARANTINABLE_FAULTS + 1
+    assert result["throughput"]["faultsNeverQuarantined"] == 0
+    assert result["storm"]["maxTainted"] == QUARANTINABLE_FAULTS
+    assert result["operator"]["rssMiBMax"] > 0
+    assert result["api"]["byRequest"]["PATCH nodes"] > 0
+    assert any(sample["tainted"] == QUARANTINABLE_FAULTS for sample in result["timeline"])
+
+    page = (out / "report.html").read_text()
+    assert "<svg" in page
+    assert "quick" in page
+    assert (out / "operator.log").read_text().count("quarantined ") == QUARANTINABLE_FAULTS

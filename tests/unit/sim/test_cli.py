@@ -1,0 +1,48 @@
+"""``navarch-sim`` command line: validation and re-rendering, without a cluster."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from navarch.sim import cli
+from navarch.testing.controlplane import REPO_ROOT
+
+from .test_report import make_result
+
+
+def test_check_accepts_the_examples_and_names_each(capsys: pytest.CaptureFixture[str]) -> None:
+    examples = sorted((REPO_ROOT / "scenarios").glob("*.yaml"))
+    assert cli.main(["check", *map(str, examples)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{path}: ok" in out for path in examples)
+
+
+def test_check_rejects_a_broken_scenario_with_its_path_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nduration: 1m\nfleet: {nodes: ten}\n")
+    assert cli.main(["check", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "scenario.fleet.nodes" in err
+    assert str(broken) in err
+
+
+def test_run_refuses_a_missing_scenario_file_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["run", str(tmp_path / "absent.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_report_renders_the_page_again_from_result_json(tmp_path: Path) -> None:
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(make_result(name="again", checks=[("a check", True, "fine")])))
+    assert cli.main(["report", str(path)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "again" in page
+    assert "a check" in page
