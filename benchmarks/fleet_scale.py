@@ -113,8 +113,10 @@ def main() -> int:
         machine = result["machine"]
         bursts = {size: burst(result, size) for size in (1, 150, 750)}
         status = result["latency"]["statusToTaint"]
-        print(f"status-write-to-taint over all bursts: p50 {seconds(status['p50'])}, "
-              f"p99 {seconds(status['p99'])}")
+        print(
+            f"status-write-to-taint over all bursts: p50 {seconds(status['p50'])}, "
+            f"p99 {seconds(status['p99'])}"
+        )
     if args.only in (None, "steady-5000"):
         steady = run("steady-5000")
         machine = steady["machine"]

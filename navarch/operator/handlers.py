@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -116,6 +117,10 @@ async def start(settings: kopf.OperatorSettings, memo: Runtime, **_: Any) -> Non
     except ApiError as err:
         problem = f"cannot list the cluster: {err}"
         raise kopf.TemporaryError(problem, delay=LIST_RETRY_DELAY) from err
+    # Modules, clients and compiled policies live as long as the process: frozen, they are
+    # no longer walked by every full collection, each a pause of the event loop.
+    gc.collect()
+    gc.freeze()
     memo.loop_task = asyncio.create_task(memo.reconciler.run(), name="reconcile loop")
 
 

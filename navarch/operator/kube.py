@@ -1,32 +1,31 @@
 """The operator's Kubernetes API calls, off the event loop.
 
-The official (synchronous) client runs in a bounded thread pool, so writes for different nodes
-proceed side by side while the event loop keeps evaluating. Calls wait for a worker by
-priority: a taint or cordon goes before conditions and verdicts, which go before Events, so a
-burst of faults is kept out of the schedule first and reported second. Bodies go and come as
-plain JSON (``_preload_content=False``): the operator works on the wire form, and skipping the
-client's model classes saves most of the CPU a call costs. Every failure becomes an
-:class:`~navarch.errors.ApiError` and is counted by verb and resource.
+Calls run in a bounded thread pool, so writes for different nodes proceed side by side while
+the event loop keeps evaluating. Calls wait for a worker by priority: a taint or cordon goes
+before conditions and verdicts, which go before Events, so a burst of faults is kept out of the
+schedule first and reported second. Requests go straight to the client's connection pool as
+plain JSON: the operator works on the wire form, and the generated API methods (argument
+validation, model serialisation, header negotiation) cost more CPU than the HTTP exchange
+itself. Every failure becomes an :class:`~navarch.errors.ApiError` and is counted by verb and
+resource.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import json
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import urllib3
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
 from navarch import api
 from navarch.errors import ApiError, ConfigError
@@ -40,62 +39,86 @@ COMPONENT = "navarch-operator"
 EVENT_NAMESPACE = "default"
 """Events about cluster-scoped objects (Nodes, our resources) live here, as kubelet's do."""
 MAX_EVENT_MESSAGE = 1024
-REQUEST_TIMEOUT = (5, 30)
-"""Connect and read timeouts (seconds) of one call: a hung call must not hold a worker."""
+REQUEST_TIMEOUT = urllib3.Timeout(connect=5, read=30)
+"""A hung call must not hold a worker."""
 
 URGENT, STATUS, REPORT = 0, 1, 2
 """Call priorities: Node quarantines and reads; conditions and verdicts; Events."""
+
+CALM = 0.25
+"""Seconds without urgent calls before the others go: a burst of faults arrives spread over
+the time the API server takes to accept it, and the gaps between its quarantines must not be
+filled with verdicts and Events that compete with the next quarantine for the API server."""
 
 
 class PriorityGate:
     """Lets at most ``size`` callers through at once, and at most ``caps[p]`` of priority
     ``p``; waiters go by priority, then arrival.
 
-    The caps keep reports from taking the API server's capacity while quarantines wait.
+    The caps keep reports from taking the API server's capacity while quarantines wait. Every
+    priority but URGENT also waits while an URGENT call runs or waits, and ``calm`` seconds
+    after the last one: on a busy API server each report slows the quarantines running beside
+    it, and none of them is worth that.
     """
 
-    def __init__(self, size: int, caps: dict[int, int]) -> None:
+    def __init__(self, size: int, caps: dict[int, int], calm: float = 0.0) -> None:
         self._free = size
         self._caps = caps
+        self._calm = calm
+        self._calm_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._running: dict[int, int] = dict.fromkeys(caps, 0)
-        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._arrival = itertools.count()
+        self._waiting: dict[int, deque[asyncio.Future[None]]] = {p: deque() for p in sorted(caps)}
 
     async def acquire(self, priority: int) -> None:
-        if not self._waiting and self._admits(priority):
+        if self._admits(priority) and not any(
+            self._waiting[p] for p in self._waiting if p <= priority
+        ):
             self._take(priority)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (priority, next(self._arrival), future))
+        self._waiting[priority].append(future)
         try:
             await future
         except asyncio.CancelledError:
             # Granted just as the waiter was cancelled: hand the slot on.
             if future.done() and not future.cancelled():
                 self.release(priority)
-            else:
-                self._waiting = [w for w in self._waiting if w[2] is not future]
-                heapq.heapify(self._waiting)
+            # A cancelled waiter may already have been skipped and dropped by a grant.
+            elif future in self._waiting[priority]:
+                self._waiting[priority].remove(future)
+                # Callers that queued behind it, while the gate was free, go now.
+                self._grant()
             raise
 
     def release(self, priority: int) -> None:
         self._free += 1
         self._running[priority] -= 1
-        held: list[tuple[int, int, asyncio.Future[None]]] = []
-        while self._waiting and self._free:
-            waiter = heapq.heappop(self._waiting)
-            if waiter[2].done():
-                continue
-            if not self._admits(waiter[0]):
-                held.append(waiter)
-                continue
-            self._take(waiter[0])
-            waiter[2].set_result(None)
-        for waiter in held:
-            heapq.heappush(self._waiting, waiter)
+        if priority == URGENT and self._calm and not self._urgent():
+            loop = asyncio.get_running_loop()
+            self._calm_at = loop.time() + self._calm
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(self._calm_at, self._grant)
+        self._grant()
+
+    def _grant(self) -> None:
+        for priority, waiters in self._waiting.items():
+            while waiters and self._admits(priority):
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    self._take(priority)
+                    waiter.set_result(None)
+
+    def _urgent(self) -> bool:
+        return bool(self._running[URGENT] or self._waiting[URGENT])
 
     def _admits(self, priority: int) -> bool:
-        return self._free > 0 and self._running[priority] < self._caps[priority]
+        if self._free <= 0 or self._running[priority] >= self._caps[priority]:
+            return False
+        if priority == URGENT:
+            return True
+        return not self._urgent() and asyncio.get_running_loop().time() >= self._calm_at
 
     def _take(self, priority: int) -> None:
         self._free -= 1
@@ -131,12 +154,18 @@ def load_configuration(kubeconfig: str | None) -> client.Configuration:
 class Kube:
     def __init__(self, configuration: client.Configuration, workers: int) -> None:
         configuration.connection_pool_maxsize = workers
+        self._configuration = configuration
         self._client = client.ApiClient(configuration)
-        self._core = client.CoreV1Api(self._client)
-        self._custom = client.CustomObjectsApi(self._client)
+        # The generated client's pool carries the TLS, proxy and retry settings of the
+        # configuration; the operator sends its own requests through it.
+        self._http: urllib3.PoolManager = self._client.rest_client.pool_manager
+        self._host = configuration.host.rstrip("/")
+        self._headers = {"Accept": "application/json", **self._client.default_headers}
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
         self._gate = PriorityGate(
-            workers, {URGENT: workers, STATUS: max(1, workers // 4), REPORT: max(1, workers // 16)}
+            workers,
+            {URGENT: workers, STATUS: max(1, workers // 4), REPORT: max(1, workers // 16)},
+            CALM,
         )
         self._instance = os.environ.get("POD_NAME") or socket.gethostname()
 
@@ -144,21 +173,43 @@ class Kube:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()  # type: ignore[no-untyped-call]
 
-    async def _call(
-        self, verb: str, resource: str, call: Callable[[], Any], priority: int = URGENT
-    ) -> Any:
-        def run() -> Any:
-            try:
-                response = call()
-                return json.loads(response.data) if response.data else {}
-            except ApiException as err:
-                raise ApiError(err.status, _reason(err)) from err
-            except (urllib3.exceptions.HTTPError, OSError) as err:
-                raise ApiError(None, str(err)) from err
+    def _request(self, method: str, path: str, body: Any | None, content_type: str | None) -> Any:
+        headers = dict(self._headers)
+        # Asked for on every call: it runs the configuration's token refresh (in-cluster
+        # ServiceAccount tokens rotate).
+        token = self._configuration.auth_settings().get("BearerToken")
+        if token:
+            headers[token["key"]] = token["value"]
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+            data = json.dumps(body)
+        try:
+            response = self._http.request(
+                method, self._host + path, body=data, headers=headers, timeout=REQUEST_TIMEOUT
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise ApiError(None, str(err)) from err
+        if not 200 <= response.status < 300:
+            raise ApiError(response.status, _reason(response))
+        return json.loads(response.data) if response.data else {}
 
+    async def _call(
+        self,
+        verb: str,
+        resource: str,
+        method: str,
+        path: str,
+        *,
+        body: Any | None = None,
+        content_type: str | None = None,
+        priority: int = URGENT,
+    ) -> Any:
         await self._gate.acquire(priority)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._request, method, path, body, content_type
+            )
         except ApiError as err:
             metrics.API_ERRORS.labels(verb=verb, resource=resource, code=str(err.status)).inc()
             raise
@@ -170,53 +221,47 @@ class Kube:
     async def list(self, resource: str) -> tuple[list[dict[str, Any]], str | None]:
         """All objects of ``nodes``, ``gpunodehealths`` or ``gpuhealthpolicies``, and the
         resourceVersion of the list."""
-        if resource == "nodes":
-            body = await self._call("list", resource, lambda: self._core.list_node(**_RAW))
-        else:
-            body = await self._call(
-                "list",
-                resource,
-                lambda: self._custom.list_cluster_custom_object(
-                    api.GROUP, api.VERSION, resource, **_RAW
-                ),
-            )
+        path = "/api/v1/nodes" if resource == "nodes" else _custom(resource)
+        body = await self._call("list", resource, "GET", path)
         return list(body.get("items") or []), (body.get("metadata") or {}).get("resourceVersion")
 
     async def get_node(self, name: str) -> dict[str, Any]:
-        return dict(await self._call("get", "nodes", lambda: self._core.read_node(name, **_RAW)))
+        return dict(await self._call("get", "nodes", "GET", _node(name)))
 
     # --- writes ----------------------------------------------------------------------------
 
     async def patch_node(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         return dict(
-            await self._call(
-                "patch",
-                "nodes",
-                lambda: self._core.patch_node(name, patch, _content_type=MERGE, **_RAW),
-            )
+            await self._call("patch", "nodes", "PATCH", _node(name), body=patch, content_type=MERGE)
         )
 
     async def patch_node_status(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        path = _node(name) + "/status"
         return dict(
             await self._call(
                 "patch",
                 "nodes/status",
-                lambda: self._core.patch_node_status(name, patch, _content_type=STRATEGIC, **_RAW),
-                STATUS,
+                "PATCH",
+                path,
+                body=patch,
+                content_type=STRATEGIC,
+                priority=STATUS,
             )
         )
 
     async def patch_status(
         self, plural: str, name: str, patch: dict[str, Any], priority: int = STATUS
     ) -> dict[str, Any]:
+        path = f"{_custom(plural)}/{quote(name, safe='')}/status"
         return dict(
             await self._call(
                 "patch",
                 f"{plural}/status",
-                lambda: self._custom.patch_cluster_custom_object_status(
-                    api.GROUP, api.VERSION, plural, name, patch, _content_type=MERGE, **_RAW
-                ),
-                priority,
+                "PATCH",
+                path,
+                body=patch,
+                content_type=MERGE,
+                priority=priority,
             )
         )
 
@@ -244,12 +289,8 @@ class Kube:
             "reportingComponent": COMPONENT,
             "reportingInstance": self._instance,
         }
-        await self._call(
-            "create",
-            "events",
-            lambda: self._core.create_namespaced_event(EVENT_NAMESPACE, body, **_RAW),
-            REPORT,
-        )
+        path = f"/api/v1/namespaces/{EVENT_NAMESPACE}/events"
+        await self._call("create", "events", "POST", path, body=body, priority=REPORT)
 
 
 @dataclass(frozen=True)
@@ -274,14 +315,20 @@ class Target:
         return cls(api.API_VERSION, api.GHP_KIND, name, uid)
 
 
-_RAW: dict[str, Any] = {"_preload_content": False, "_request_timeout": REQUEST_TIMEOUT}
+def _node(name: str) -> str:
+    return f"/api/v1/nodes/{quote(name, safe='')}"
 
 
-def _reason(err: ApiException) -> str:
+def _custom(plural: str) -> str:
+    return f"/apis/{api.GROUP}/{api.VERSION}/{plural}"
+
+
+def _reason(response: urllib3.BaseHTTPResponse) -> str:
+    """The API server's message for a failed call (its Status object), else the HTTP reason."""
     try:
-        return str(json.loads(err.body or "").get("message") or err.reason)
+        return str(json.loads(response.data or b"").get("message") or response.reason)
     except (ValueError, AttributeError):
-        return str(err.reason)
+        return str(response.reason)
 
 
 def _clip(message: str) -> str:

@@ -1,4 +1,5 @@
-"""The API worker gate: quarantines first, and reports never take every worker."""
+"""The API worker gate: quarantines first, reports never take every worker, and no report
+competes with a quarantine for the API server."""
 
 from __future__ import annotations
 
@@ -50,5 +51,62 @@ def test_a_cancelled_waiter_gives_up_its_place() -> None:
         await asyncio.gather(waiter, return_exceptions=True)
         gate.release(URGENT)
         await asyncio.wait_for(gate.acquire(REPORT), 1)
+
+    asyncio.run(scenario())
+
+
+def test_reports_wait_while_a_quarantine_is_written_and_then_for_calm() -> None:
+    order: list[str] = []
+
+    async def scenario() -> None:
+        gate = PriorityGate(4, {URGENT: 4, STATUS: 4, REPORT: 4}, calm=0.05)
+        await gate.acquire(URGENT)
+
+        async def call(label: str, priority: int) -> None:
+            await gate.acquire(priority)
+            order.append(label)
+            gate.release(priority)
+
+        waiters = [
+            asyncio.create_task(call(label, priority))
+            for label, priority in [("status", STATUS), ("report", REPORT)]
+        ]
+        await asyncio.sleep(0.01)
+        assert order == []
+        gate.release(URGENT)
+        await asyncio.sleep(0.02)
+        assert order == []
+        await asyncio.wait_for(asyncio.gather(*waiters), 1)
+
+    asyncio.run(scenario())
+    assert order == ["status", "report"]
+
+
+def test_a_quarantine_does_not_wait_for_reports_held_back() -> None:
+    async def scenario() -> None:
+        gate = PriorityGate(4, {URGENT: 4, STATUS: 4, REPORT: 4}, calm=60)
+        await gate.acquire(URGENT)
+        gate.release(URGENT)
+        held = asyncio.create_task(gate.acquire(STATUS))
+        await asyncio.sleep(0)
+        await asyncio.wait_for(gate.acquire(URGENT), 0.1)
+        assert not held.done()
+        held.cancel()
+        await asyncio.gather(held, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_waiter_cancelled_as_a_slot_frees_up_leaves_the_gate_consistent() -> None:
+    async def scenario() -> None:
+        gate = PriorityGate(1, {URGENT: 1, STATUS: 1, REPORT: 1})
+        await gate.acquire(URGENT)
+        waiter = asyncio.create_task(gate.acquire(STATUS))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        gate.release(URGENT)
+        (outcome,) = await asyncio.gather(waiter, return_exceptions=True)
+        assert isinstance(outcome, asyncio.CancelledError)
+        await asyncio.wait_for(gate.acquire(STATUS), 1)
 
     asyncio.run(scenario())
