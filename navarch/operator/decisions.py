@@ -202,8 +202,9 @@ def _health_patch(
 ) -> dict[str, Any] | None:
     if health is None:
         return None
+    status = health.status
     conditions = gnh_status.conditions(
-        gnh_status.current_conditions(health.status),
+        gnh_status.current_conditions(status),
         verdict,
         quarantined=quarantined,
         status_error=status_error,
@@ -211,7 +212,7 @@ def _health_patch(
         generation=health.generation,
         now=now,
     )
-    return gnh_status.patch(health.status, verdict, conditions)
+    return gnh_status.patch(status, verdict, conditions)
 
 
 def _gpus(health: HealthEntry | None, evaluation: Evaluation) -> list[api.GpuStatus]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -55,35 +56,50 @@ class NodeEntry:
 
 @dataclass(frozen=True)
 class HealthEntry:
-    """A GpuNodeHealth as last seen."""
+    """A GpuNodeHealth as last seen.
+
+    The status is kept as compact JSON and parsed each time it is read. Parsed, eight GPUs of
+    readings take about 15 KiB of Python objects, serialised about 5 KiB: at 5,000 nodes that
+    is the difference between 75 MiB and 25 MiB of index, while a node's status is read only
+    when the node is judged, a few times per change.
+    """
 
     name: str
     uid: str
     generation: int | None
     resource_version: str | None
     annotations: Mapping[str, str]
-    status: Mapping[str, Any]
+    status_json: bytes
+    verdict: Mapping[str, Any] | None
+    """The persisted verdict as stored, read on every judgement without parsing the rest."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> HealthEntry:
         metadata = body.get("metadata") or {}
+        status = body.get("status") or {}
         return cls(
             name=metadata["name"],
             uid=metadata.get("uid", ""),
             generation=metadata.get("generation"),
             resource_version=metadata.get("resourceVersion"),
             annotations=dict(metadata.get("annotations") or {}),
-            status=body.get("status") or {},
+            status_json=json.dumps(status, separators=(",", ":")).encode(),
+            verdict=status.get("verdict"),
         )
+
+    @property
+    def status(self) -> dict[str, Any]:
+        """A fresh copy of the status, the caller's to keep or change."""
+        parsed: dict[str, Any] = json.loads(self.status_json)
+        return parsed
 
     @property
     def previous(self) -> api.Verdict | None:
         """The verdict the operator persisted last; None if absent or edited out of shape."""
-        raw = self.status.get("verdict")
-        if raw is None:
+        if self.verdict is None:
             return None
         try:
-            return from_wire(api.Verdict, raw, "status.verdict")
+            return from_wire(api.Verdict, self.verdict, "status.verdict")
         except InvalidObjectError:
             return None
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from navarch import api
 from navarch.node_agent.kube import KubeClient, load_kubeconfig
-from navarch.node_agent.writer import NODE_COLLECTION
+from navarch.node_agent.writer import GNH_COLLECTION, NODE_COLLECTION
 from navarch.operator.storm import limit
 from navarch.sim import probes, stats
 from navarch.sim.agents import AgentFleet, SimNode
@@ -55,6 +55,8 @@ SAMPLE_INTERVAL = 1.0
 API_SAMPLE_INTERVAL = 5.0
 """The API server's metrics page is large; reading it every second would itself be load."""
 POLL_INTERVAL = 2.0
+QUIET = 5.0
+"""Seconds of rest after settling, so the settling writes' last Events are out of the way."""
 SETUP_THREADS = 16
 LIST_TIMEOUT = 120.0
 """Seconds to read a list of thousands of GpuNodeHealths on a busy machine."""
@@ -289,27 +291,43 @@ class Simulation:
         )
 
     def _settle(self) -> None:
+        """Wait until the operator has judged every node healthy and written it down.
+
+        Conditions are written before verdicts, so the cheap check (Node conditions) comes
+        first and the costly one (every GpuNodeHealth's verdict) once it passes: a fault
+        injected while settling writes are still queued would wait behind them.
+        """
         began = time.monotonic()
         deadline = began + self.scenario.settle_timeout
-        while True:
-            healthy = self._healthy_verdicts()
-            if healthy == self.scenario.nodes:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"only {healthy} of {self.scenario.nodes} nodes judged healthy within "
-                    f"{self.scenario.settle_timeout:.0f}s; see {self.operator.log_path}"
-                )
-            self.operator.healthy()
-            time.sleep(POLL_INTERVAL)
+        for count, what in (
+            (self._healthy_conditions, "conditions"),
+            (self._healthy_verdicts, "verdicts"),
+        ):
+            while (healthy := count()) < self.scenario.nodes:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"only {healthy} of {self.scenario.nodes} nodes have healthy {what} "
+                        f"after {self.scenario.settle_timeout:.0f}s; see {self.operator.log_path}"
+                    )
+                self.operator.healthy()
+                time.sleep(POLL_INTERVAL)
         self.say(f"operator judged every node healthy after {time.monotonic() - began:.1f} s")
+        time.sleep(QUIET)
 
-    def _healthy_verdicts(self) -> int:
-        """Nodes whose GpuHealthy condition the operator has set to True. Nodes, not the
-        GpuNodeHealths: listing thousands of GPU statuses every poll would load the API server
-        more than the fleet does."""
+    def _healthy_conditions(self) -> int:
+        """Nodes whose GpuHealthy condition the operator has set to True."""
         listed = self._list_nodes()
         return sum(1 for n in listed if gpu_condition(n) == api.ConditionStatus.TRUE.value)
+
+    def _healthy_verdicts(self) -> int:
+        listed = self.client.get(GNH_COLLECTION)
+        mine = {n.name for n in self.nodes}
+        return sum(
+            1
+            for item in listed.get("items") or []
+            if item["metadata"]["name"] in mine
+            and ((item.get("status") or {}).get("verdict") or {}).get("health") == "Healthy"
+        )
 
     def _list_nodes(self) -> list[dict[str, Any]]:
         listed = self.client.get(f"{NODE_COLLECTION}?labelSelector={SIM_LABEL}%3D{self.run_id}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -168,3 +169,21 @@ def test_a_full_list_drops_what_a_reconnecting_watch_never_reported_deleted() ->
     fleet.observe_node(node("newer", "30"))
     fleet.replace("node", [node("kept", "11")], version="20")
     assert set(fleet.nodes) == {"kept", "newer"}
+
+
+def test_a_health_status_is_kept_compact_and_read_back_as_a_fresh_copy() -> None:
+    status = {
+        "gpus": [{"index": i, "name": "NVIDIA H100 80GB HBM3"} for i in range(8)],
+        "verdict": {"health": "Healthy", "action": "None", "reason": "AllRulesPass"},
+    }
+    fleet = Fleet()
+    fleet.observe_health({"metadata": {"name": "a", "resourceVersion": "3"}, "status": status})
+    entry = fleet.healths["a"]
+
+    assert entry.status_json == json.dumps(status, separators=(",", ":")).encode()
+    first = entry.status
+    assert first == status
+    first["gpus"].clear()
+    assert len(entry.status["gpus"]) == 8
+    previous = entry.previous
+    assert previous is not None and previous.health == "Healthy"
