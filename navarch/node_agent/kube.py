@@ -216,14 +216,14 @@ class TokenSource:
 
 
 def connection_pool(
-    credentials: Credentials, connect_timeout: float, read_timeout: float
+    credentials: Credentials, connect_timeout: float, read_timeout: float, connections: int = 1
 ) -> urllib3.PoolManager:
-    """One kept-alive connection to the API server, verified with the cluster's CA and
+    """Kept-alive connections to the API server, verified with the cluster's CA and
     authenticated with the client certificate, if any; no automatic retries."""
     context = ssl_context(credentials) if credentials.server.startswith("https://") else None
     return urllib3.PoolManager(
         num_pools=1,
-        maxsize=1,
+        maxsize=connections,
         ssl_context=context,
         retries=False,
         timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),

@@ -23,7 +23,8 @@ from navarch.node_agent.kube import Credentials, TokenSource, connection_pool
 
 log = logging.getLogger(__name__)
 
-WATCH_SECONDS = 60
+WATCH_SECONDS = 10
+"""Short watches: stopping waits for the current one to end, and renewing one is cheap."""
 CONNECT_TIMEOUT = 10.0
 RETRY_DELAY = 1.0
 
@@ -44,7 +45,8 @@ class TaintObserver:
     ) -> None:
         self._server = credentials.server
         self._tokens = TokenSource(credentials.token, credentials.token_file)
-        self._pool = connection_pool(credentials, CONNECT_TIMEOUT, WATCH_SECONDS + 30)
+        # Two connections: a list after a broken watch may start before the watch's is back.
+        self._pool = connection_pool(credentials, CONNECT_TIMEOUT, WATCH_SECONDS + 30, 2)
         self._selector = selector
         self._key = key
         self._clock = clock
