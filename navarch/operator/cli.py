@@ -8,8 +8,6 @@ never overlap; ``--peering NAME`` additionally lets kopf's peering pause all but
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import logging
 import sys
 
@@ -17,32 +15,13 @@ import kopf
 
 from navarch import __version__
 from navarch.errors import ConfigError
-from navarch.operator import handlers, kube, metrics
+from navarch.operator import handlers, kube, memory, metrics
 
 log = logging.getLogger(__name__)
 
 DEFAULT_METRICS_PORT = 8080
 DEFAULT_HEALTH_PORT = 8081
 DEFAULT_WORKERS = 32
-M_ARENA_MAX = -8
-"""glibc's ``mallopt`` parameter number for the most malloc arenas (malloc.h)."""
-MALLOC_ARENAS = 2
-
-
-def limit_malloc_arenas() -> bool:
-    """Cap glibc's malloc arenas; whether it took effect (not on other C libraries).
-
-    glibc gives each thread that allocates under contention an arena of its own, up to eight
-    per core, and memory freed in one arena is not reused by another. The API worker threads
-    parse responses of up to megabytes each, so the operator's resident memory grows with the
-    number of arenas rather than with the fleet. Two arenas keep it in proportion. It must run
-    before any thread starts.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS))
-    except (OSError, AttributeError):
-        return False
 
 
 def port(text: str) -> int:
@@ -109,7 +88,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    limit_malloc_arenas()
+    memory.limit_arenas()
     p = parser()
     args = p.parse_args(argv)
     try:

@@ -27,7 +27,7 @@ from typing import Any
 
 from navarch import api
 from navarch.errors import ApiError
-from navarch.operator import metrics, policy_status, storm
+from navarch.operator import memory, metrics, policy_status, storm
 from navarch.operator.decisions import Decision, Judgement, decide, judge
 from navarch.operator.fleet import Fleet, Judged
 from navarch.operator.kube import REPORT, Kube, Target
@@ -45,6 +45,8 @@ REPORT_INTERVAL = timedelta(seconds=1)
 """Policy statuses and gauges are refreshed at most this often."""
 IDLE_WAIT = 60.0
 """Longest wait without a timer, so a missed wake-up costs a minute, not forever."""
+TRIM_INTERVAL = timedelta(minutes=1)
+"""How often freed heap pages go back to the system (see ``memory``)."""
 RESYNC_INTERVAL = timedelta(minutes=10)
 """How often the whole cluster is listed again and every node re-judged: the safety net for
 a deletion a reconnecting watch never reported, or any event lost on the way."""
@@ -66,6 +68,7 @@ class Reconciler:
         self._reporting: set[str] = set()
         self._resynced_at = clock()
         self._resyncing = False
+        self._trimmed_at = clock()
 
     async def run(self) -> None:
         while True:
@@ -151,6 +154,12 @@ class Reconciler:
         if not self._resyncing and now >= self._resynced_at + RESYNC_INTERVAL:
             self._resyncing = True
             self._spawn(self._resync_in_background(), "resync")
+        if now >= self._trimmed_at + TRIM_INTERVAL:
+            self._trimmed_at = now
+            self._spawn(self._trim(), "trim")
+
+    async def _trim(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, memory.trim)
 
     async def _judge(self, names: list[str], now: datetime) -> dict[str, Judgement]:
         out: dict[str, Judgement] = {}

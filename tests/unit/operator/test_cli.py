@@ -39,8 +39,3 @@ def test_a_kubeconfig_that_is_not_one_is_rejected(
         cli.main(["--kubeconfig", str(path)])
     assert stop.value.code == 2
     assert "invalid --kubeconfig" in capsys.readouterr().err
-
-
-def test_malloc_arenas_are_capped_on_glibc() -> None:
-    # This suite runs on glibc Linux, where mallopt exists and accepts the cap.
-    assert cli.limit_malloc_arenas()
