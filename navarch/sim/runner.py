@@ -118,6 +118,10 @@ class OperatorUsage:
     last_cpu: float = 0.0
     rss: list[float] = field(default_factory=list)
 
+    def start(self, pid: int | None) -> None:
+        """Count from now the CPU of ``pid``, a process already running."""
+        self.pid, self.last_cpu = pid, (probes.cpu_seconds(pid) or 0.0) if pid else 0.0
+
     def sample(self, pid: int | None) -> tuple[float | None, float | None]:
         """(CPU seconds used since the last sample, RSS MiB) of ``pid``, the current process."""
         if pid is None:
@@ -127,6 +131,7 @@ class OperatorUsage:
         if cpu is None or rss is None:
             return None, None
         if pid != self.pid:
+            # A process started since the last sample: all its CPU time falls in the run.
             self.pid, self.last_cpu = pid, 0.0
         used = cpu - self.last_cpu
         self.last_cpu = cpu
@@ -486,7 +491,7 @@ class Simulation:
         last_api: tuple[float, Counter[str]] | None = None
         next_api = 0.0
         last = time.time()
-        self.usage.sample(self.operator.pid)
+        self.usage.start(self.operator.pid)
         while not self._stop_sampling.wait(SAMPLE_INTERVAL):
             now = time.time()
             if now >= next_api:
