@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from navarch.node_agent.status import merge_patch
 from navarch.node_agent.writer import GNH_COLLECTION, NODE_COLLECTION, StatusWriter
 from navarch.sim.agents import SimNode
 from navarch.sim.probes import cpu_seconds
-from navarch.testing.controlplane import REPO_ROOT, ControlPlane, binary
+from navarch.testing.controlplane import ControlPlane
 from navarch.wire import format_time
 
 WARM_UP = 20
@@ -57,17 +56,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300)
     args = parser.parse_args()
     with ControlPlane() as plane:
-        kubectl = [binary("kubectl"), "--kubeconfig", str(plane.kubeconfig)]
-        subprocess.run(
-            [*kubectl, "apply", "--server-side", "-f", str(REPO_ROOT / "crds")],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", "crd", "--all"],
-            check=True,
-            capture_output=True,
-        )
+        plane.install_crds()
         pid = next(c.process.pid for c in plane.components if c.name == "kube-apiserver")
         client = KubeClient(load_kubeconfig(str(plane.kubeconfig)))
         client.create(NODE_COLLECTION, {"metadata": {"name": NAME}})

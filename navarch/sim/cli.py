@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -31,7 +30,6 @@ from navarch.sim.runner import Simulation
 log = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("sim-results")
-CRD_TIMEOUT = "60s"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,29 +112,11 @@ def cluster(kubeconfig: Path | None, out: Path) -> Iterator[Path]:
         yield kubeconfig
         return
     # The control plane needs the dev extra (cryptography for its certificates).
-    from navarch.testing.controlplane import REPO_ROOT, ControlPlane, binary
+    from navarch.testing.controlplane import ControlPlane
 
     print("starting etcd and kube-apiserver", flush=True)
     with ControlPlane() as plane:
-        kubectl = [binary("kubectl"), "--kubeconfig", str(plane.kubeconfig)]
-        subprocess.run(
-            [*kubectl, "apply", "--server-side", "-f", str(REPO_ROOT / "crds")],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [
-                *kubectl,
-                "wait",
-                "--for=condition=Established",
-                "--timeout",
-                CRD_TIMEOUT,
-                "crd",
-                "--all",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        plane.install_crds()
         try:
             yield plane.kubeconfig
         finally:

@@ -276,6 +276,15 @@ class ControlPlane:
             self._terminate(component)
             self.components.remove(component)
 
+    def install_crds(self, timeout: str = "60s") -> None:
+        """Apply Navarch's CRDs and wait until the API server serves them."""
+        kubectl = [binary("kubectl"), "--kubeconfig", str(self.kubeconfig)]
+        for step in (
+            ["apply", "--server-side", "-f", str(REPO_ROOT / "crds")],
+            ["wait", "--for=condition=Established", "--timeout", timeout, "crd", "--all"],
+        ):
+            subprocess.run([*kubectl, *step], check=True, capture_output=True)
+
     def write_kubeconfig(self) -> None:
         pki = self.pki
         self.kubeconfig.write_text(
