@@ -41,15 +41,26 @@ def test_waiters_go_by_priority_then_arrival_within_caps() -> None:
     assert order[2:] == ["report-1", "report-2"]
 
 
+async def cancel_a_waiter(*, release_first: bool) -> PriorityGate:
+    """A STATUS waiter behind a held URGENT slot, cancelled before the slot frees or just as
+    it does; returns the gate with the slot free again."""
+    gate = PriorityGate(1, {URGENT: 1, STATUS: 1, REPORT: 1})
+    await gate.acquire(URGENT)
+    waiter = asyncio.create_task(gate.acquire(STATUS))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    if release_first:
+        gate.release(URGENT)
+    (outcome,) = await asyncio.gather(waiter, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)
+    if not release_first:
+        gate.release(URGENT)
+    return gate
+
+
 def test_a_cancelled_waiter_gives_up_its_place() -> None:
     async def scenario() -> None:
-        gate = PriorityGate(1, {URGENT: 1, STATUS: 1, REPORT: 1})
-        await gate.acquire(URGENT)
-        waiter = asyncio.create_task(gate.acquire(STATUS))
-        await asyncio.sleep(0)
-        waiter.cancel()
-        await asyncio.gather(waiter, return_exceptions=True)
-        gate.release(URGENT)
+        gate = await cancel_a_waiter(release_first=False)
         await asyncio.wait_for(gate.acquire(REPORT), 1)
 
     asyncio.run(scenario())
@@ -99,14 +110,7 @@ def test_a_quarantine_does_not_wait_for_reports_held_back() -> None:
 
 def test_a_waiter_cancelled_as_a_slot_frees_up_leaves_the_gate_consistent() -> None:
     async def scenario() -> None:
-        gate = PriorityGate(1, {URGENT: 1, STATUS: 1, REPORT: 1})
-        await gate.acquire(URGENT)
-        waiter = asyncio.create_task(gate.acquire(STATUS))
-        await asyncio.sleep(0)
-        waiter.cancel()
-        gate.release(URGENT)
-        (outcome,) = await asyncio.gather(waiter, return_exceptions=True)
-        assert isinstance(outcome, asyncio.CancelledError)
+        gate = await cancel_a_waiter(release_first=True)
         await asyncio.wait_for(gate.acquire(STATUS), 1)
 
     asyncio.run(scenario())
