@@ -535,8 +535,9 @@ def test_close_releases_the_file_descriptor(tmp_path: Path) -> None:
     assert len(os.listdir("/proc/self/fd")) == before
 
 
-@pytest.mark.skipif(not os.access("/dev/kmsg", os.R_OK), reason="/dev/kmsg is not readable")
-def test_watcher_reads_the_real_kernel_log_without_error() -> None:
+def test_watcher_reads_the_real_kernel_log_or_says_why_it_cannot() -> None:
+    # Whatever this host allows: either the real log parses, or the watcher names the reason
+    # and returns nothing, without raising.
     w = KmsgWatcher()
     try:
         started = time.monotonic()
@@ -544,7 +545,9 @@ def test_watcher_reads_the_real_kernel_log_without_error() -> None:
         elapsed = time.monotonic() - started
     finally:
         w.close()
-    if w.error is not None:
-        pytest.skip(w.error)
-    assert all(e.source == XidSource.KMSG for e in events)
+    if w.error is None:
+        assert all(e.source == XidSource.KMSG for e in events)
+    else:
+        assert w.error.startswith("cannot read /dev/kmsg")
+        assert events == []
     assert elapsed < 5
