@@ -76,10 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {out}")
             return 0
         return run(args.scenario, args.out, args.kubeconfig)
-    except NavarchError as err:
-        print(f"navarch-sim: {err}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as err:
+    # A scenario or result that cannot be read or run, or a control plane that does not start.
+    except (NavarchError, OSError, ValueError) as err:
         print(f"navarch-sim: {err}", file=sys.stderr)
         return 2
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import urllib3
 
+from navarch.errors import ApiError
 from navarch.node_agent.kube import Credentials, TokenSource, connection_pool
 
 log = logging.getLogger(__name__)
@@ -99,14 +100,14 @@ class TaintObserver:
         while not self._stop.is_set():
             try:
                 version = self._watch(version)
-            except (urllib3.exceptions.HTTPError, OSError, ValueError) as err:
+            except (urllib3.exceptions.HTTPError, OSError, ValueError, ApiError) as err:
                 # 410 Gone or a dropped connection: start again from a fresh list.
                 self.watch_errors += 1
                 log.info("node watch ended (%s); listing again", err)
                 time.sleep(RETRY_DELAY)
                 try:
                     version = self._list()
-                except (urllib3.exceptions.HTTPError, OSError, ValueError) as again:
+                except (urllib3.exceptions.HTTPError, OSError, ValueError, ApiError) as again:
                     log.warning("cannot list nodes: %s", again)
 
     def _watch(self, version: str) -> str:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import urllib3
 
-from navarch.node_agent.kube import Credentials, connection_pool
+from navarch.errors import ApiError
+from navarch.node_agent.kube import Credentials, TokenSource, connection_pool
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -67,15 +68,16 @@ class RequestCounter:
 
     def __init__(self, credentials: Credentials) -> None:
         self._url = credentials.server + "/metrics"
-        self._token = credentials.token
+        self._tokens = TokenSource(credentials.token, credentials.token_file)
         self._pool = connection_pool(credentials, TIMEOUT, TIMEOUT)
 
     def read(self) -> Counter[str] | None:
         """The counts now; None when the metrics cannot be read (no permission, no server)."""
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         try:
+            token = self._tokens.current()
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
             response = self._pool.request("GET", self._url, headers=headers)
-        except urllib3.exceptions.HTTPError:
+        except (urllib3.exceptions.HTTPError, ApiError):
             return None
         if response.status != 200:
             return None

@@ -110,3 +110,18 @@ def test_rss_of_this_process_is_positive() -> None:
 def test_cpu_and_memory_of_a_missing_process_are_none() -> None:
     assert cpu_seconds(GONE_PID) is None
     assert rss_mib(GONE_PID) is None
+
+
+def test_request_counter_without_a_readable_token_or_server_reads_nothing() -> None:
+    from navarch.node_agent.kube import Credentials
+    from navarch.sim.probes import RequestCounter
+
+    for credentials in (
+        Credentials(server="http://127.0.0.1:1", token_file="/nonexistent/token"),
+        Credentials(server="http://127.0.0.1:1", token="t"),
+    ):
+        counter = RequestCounter(credentials)
+        try:
+            assert counter.read() is None
+        finally:
+            counter.close()
