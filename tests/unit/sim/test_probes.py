@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 from collections import Counter
 
-from navarch.sim.probes import cpu_seconds, parse_request_counts, request_key, rss_mib
+from navarch.node_agent.kube import Credentials
+from navarch.sim.probes import (
+    RequestCounter,
+    cpu_seconds,
+    parse_request_counts,
+    request_key,
+    rss_mib,
+)
 
 GONE_PID = 2**31 - 1
 """Above any pid_max Linux allows, so never a live process."""
@@ -113,9 +120,6 @@ def test_cpu_and_memory_of_a_missing_process_are_none() -> None:
 
 
 def test_request_counter_without_a_readable_token_or_server_reads_nothing() -> None:
-    from navarch.node_agent.kube import Credentials
-    from navarch.sim.probes import RequestCounter
-
     for credentials in (
         Credentials(server="http://127.0.0.1:1", token_file="/nonexistent/token"),
         Credentials(server="http://127.0.0.1:1", token="t"),
