@@ -30,7 +30,6 @@ from navarch.wire import camel, from_wire, type_hints
 from navarch.xid_catalog import HARDWARE_ACTIONS, RESET_ACTIONS
 
 MAX_NODES = 5000
-FAULT_KINDS = ("xid", "ecc", "gpu-lost", "silence")
 _FAULT = re.compile(r"^(xid) ([0-9]+)$|^(ecc|gpu-lost|silence)$")
 
 
