@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from navarch.wire import camel
+
 GROUP = "navarch.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -112,9 +114,20 @@ class Reason(enum.StrEnum):
     NODE_NOT_FOUND = "NodeNotFound"
 
 
-def doc(description: str, default: Any = None, **schema: Any) -> Any:
-    """A dataclass field with the description (and extra schema keywords) the CRD shows."""
-    meta = {"description": description, "schema": schema}
+class Owner(enum.StrEnum):
+    """Who writes a GpuNodeHealth status key. Admission holds each writer to its own keys."""
+
+    AGENT = "agent"
+    OPERATOR = "operator"
+
+
+def doc(description: str, default: Any = None, *, owner: Owner | None = None, **schema: Any) -> Any:
+    """A dataclass field with the description (and extra schema keywords) the CRD shows, and
+    for a status key the component that owns it."""
+    meta: dict[str, Any] = {"description": description, "schema": schema}
+    if owner is not None:
+        meta["description"] = f"{description} ({owner}-owned)."
+        meta["owner"] = owner
     if isinstance(default, list | dict) and not default:
         return dataclasses.field(default_factory=type(default), metadata=meta)
     if isinstance(default, list | dict) or dataclasses.is_dataclass(default):
@@ -323,35 +336,41 @@ class GpuNodeHealthSpec:
 class GpuNodeHealthStatus:
     """Facts written by the node agent and the verdict written by the operator."""
 
-    agent: AgentInfo | None = doc("The agent and the node's NVIDIA software (agent-owned).")
+    agent: AgentInfo | None = doc("The agent and the node's NVIDIA software", owner=Owner.AGENT)
     last_heartbeat_time: datetime | None = doc(
-        "When the agent last wrote; refreshed at least every heartbeat interval (agent-owned)."
+        "When the agent last wrote; refreshed at least every heartbeat interval",
+        owner=Owner.AGENT,
     )
-    gpu_count: int | None = doc("GPUs NVML reports now (agent-owned).", minimum=0)
+    gpu_count: int | None = doc("GPUs NVML reports now", owner=Owner.AGENT, minimum=0)
     expected_gpu_count: int | None = doc(
         "GPUs the node should have: agent flag, else the Node's nvidia.com/gpu capacity, else "
-        "its nvidia.com/gpu.count label (agent-owned).",
+        "its nvidia.com/gpu.count label",
+        owner=Owner.AGENT,
         minimum=0,
     )
-    gpus: list[GpuStatus] = doc("Per-GPU readings (agent-owned).", default=[])
+    gpus: list[GpuStatus] = doc("Per-GPU readings", default=[], owner=Owner.AGENT)
     xids: list[XidRecord] = doc(
-        "Recent XIDs of the current boot, newest kept (agent-owned).", default=[], maxItems=MAX_XIDS
+        "Recent XIDs of the current boot, newest kept",
+        default=[],
+        owner=Owner.AGENT,
+        maxItems=MAX_XIDS,
     )
-    last_xid: str | None = doc("One-line summary of the newest XID (agent-owned).")
-    verdict: Verdict | None = doc("The operator's judgement (operator-owned).")
-    conditions: list[Condition] = doc("Conditions (operator-owned).", default=[])
+    last_xid: str | None = doc("One-line summary of the newest XID", owner=Owner.AGENT)
+    verdict: Verdict | None = doc("The operator's judgement", owner=Owner.OPERATOR)
+    conditions: list[Condition] = doc("Conditions", default=[], owner=Owner.OPERATOR)
 
 
-AGENT_STATUS_KEYS = (
-    "agent",
-    "lastHeartbeatTime",
-    "gpuCount",
-    "expectedGpuCount",
-    "gpus",
-    "xids",
-    "lastXid",
-)
-OPERATOR_STATUS_KEYS = ("verdict", "conditions")
+def status_keys(owner: Owner) -> tuple[str, ...]:
+    """The wire names of the GpuNodeHealth status keys ``owner`` writes, in field order."""
+    return tuple(
+        camel(f.name)
+        for f in dataclasses.fields(GpuNodeHealthStatus)
+        if f.metadata.get("owner") is owner
+    )
+
+
+AGENT_STATUS_KEYS = status_keys(Owner.AGENT)
+OPERATOR_STATUS_KEYS = status_keys(Owner.OPERATOR)
 
 
 def gpu_node_health(node_name: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -157,6 +158,46 @@ def with_token(cluster: Cluster, token: str) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+def pod_bound_token(cluster: Cluster, release: Release, account: str, node: str) -> str:
+    """A token for ServiceAccount ``account`` bound to a new Pod on ``node``: the credential a
+    kubelet mounts, which carries the node's name. The Pod never runs (no kubelet serves the
+    node); the token only needs the binding."""
+    pod = unique(f"{account[-8:]}-pod")
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod, "namespace": release.namespace},
+        "spec": {
+            "serviceAccountName": account,
+            "nodeName": node,
+            "containers": [{"name": "main", "image": "registry.invalid/navarch:none"}],
+        },
+    }
+    cluster.kubectl("create", "-f", "-", stdin=json.dumps(manifest))
+    return cluster.kubectl(
+        "create",
+        "token",
+        account,
+        "-n",
+        release.namespace,
+        "--bound-object-kind=Pod",
+        f"--bound-object-name={pod}",
+        "--duration=30m",
+    ).stdout.strip()
+
+
+def as_token(cluster: Cluster, token: str, path: Path) -> Cluster:
+    """The same cluster reached with ``token`` alone (no admin certificate), through a
+    kubeconfig written to ``path``: for kubectl and for processes under test."""
+    kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text())
+    user = kubeconfig["contexts"][0]["context"]["user"]
+    kubeconfig["users"] = [{"name": user, "user": {"token": token}}]
+    kubeconfig["current-context"] = kubeconfig["contexts"][0]["name"]
+    kubeconfig["contexts"] = kubeconfig["contexts"][:1]
+    path.write_text(yaml.safe_dump(kubeconfig))
+    return Cluster(path, None)
+
+
 def gnh_body(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "navarch.dev/v1alpha1",
@@ -168,3 +209,19 @@ def gnh_body(name: str) -> dict[str, Any]:
 
 def node_manifest(name: str) -> str:
     return json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+
+
+METRICS_TLS_ARGS = [
+    "--metrics-cert-file=/etc/navarch/metrics-tls/tls.crt",
+    "--metrics-key-file=/etc/navarch/metrics-tls/tls.key",
+]
+"""What the components get by default: metrics over HTTPS behind the token check."""
+METRICS_TLS_MOUNT = {
+    "name": "metrics-tls",
+    "mountPath": "/etc/navarch/metrics-tls",
+    "readOnly": True,
+}
+METRICS_TLS_VOLUME = {
+    "name": "metrics-tls",
+    "secret": {"secretName": "nv-navarch-metrics-tls", "defaultMode": 0o440},
+}

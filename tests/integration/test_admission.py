@@ -23,6 +23,7 @@ from .chart import (
     impersonating,
     installed,
     node_manifest,
+    pod_bound_token,
     with_token,
 )
 from .cluster import Cluster, eventually, unique
@@ -88,9 +89,6 @@ def test_agent_writes_the_object_of_its_own_node(crds: Cluster, setup: Setup) ->
     agent = objects(impersonating(crds, setup.release.user(setup.release.agent), setup.own))
     created = agent.create_cluster_custom_object(GROUP, VERSION, PLURAL, gnh_body(setup.own))
     assert created["metadata"]["name"] == setup.own
-    agent.patch_cluster_custom_object(
-        GROUP, VERSION, PLURAL, setup.own, {"metadata": {"labels": {"navarch.dev/test": "x"}}}
-    )
     patched = agent.patch_cluster_custom_object_status(
         GROUP, VERSION, PLURAL, setup.own, {"status": {"gpuCount": 8, "expectedGpuCount": 8}}
     )
@@ -109,7 +107,8 @@ def test_agent_cannot_write_another_nodes_object(crds: Cluster, setup: Setup) ->
     )
     assert message.endswith(expected)
     # The other node's object, created by its own agent (here: an admin), stays out of reach:
-    # neither its status (marking the node healthy or unhealthy) nor its metadata.
+    # neither its status (marking the node healthy or unhealthy) nor its metadata (which RBAC
+    # already refuses the agent on every object after create).
     crds.kubectl("apply", "-f", "-", stdin=json.dumps(gnh_body(setup.other)))
     status = {"status": {"gpuCount": 0, "expectedGpuCount": 8}}
     message = forbidden(
@@ -120,7 +119,7 @@ def test_agent_cannot_write_another_nodes_object(crds: Cluster, setup: Setup) ->
     message = forbidden(
         agent.patch_cluster_custom_object, GROUP, VERSION, PLURAL, setup.other, labels
     )
-    assert message.endswith(expected)
+    assert "cannot patch resource" in message
     assert "status" not in crds.get_json("gnh", setup.other)
 
 
@@ -153,35 +152,7 @@ def test_real_pod_bound_token_carries_the_node_and_is_held_to_it(
     """The same check with the credential a kubelet gives the agent: a token the API server
     binds to a pod on the node. No impersonation involved."""
     release = setup.release
-    pod = unique("agent-pod")
-    crds.kubectl(
-        "create",
-        "-f",
-        "-",
-        stdin=json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": pod, "namespace": release.namespace},
-                "spec": {
-                    "serviceAccountName": release.agent,
-                    "nodeName": setup.own,
-                    # Never runs: no kubelet serves this node. The token only needs the binding.
-                    "containers": [{"name": "agent", "image": "registry.invalid/navarch:none"}],
-                },
-            }
-        ),
-    )
-    token = crds.kubectl(
-        "create",
-        "token",
-        release.agent,
-        "-n",
-        release.namespace,
-        "--bound-object-kind=Pod",
-        f"--bound-object-name={pod}",
-        "--duration=10m",
-    ).stdout.strip()
+    token = pod_bound_token(crds, release, release.agent, setup.own)
     api = with_token(crds, token)
     who = client.AuthenticationV1Api(api).create_self_subject_review(
         {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}

@@ -17,6 +17,23 @@ def test_committed_crds_match_the_api_types(directory: Any) -> None:
         assert committed == text, f"{directory / name} is stale: run `make generate`"
 
 
+def test_committed_status_owners_match_the_api_types() -> None:
+    committed = crd.STATUS_OWNERS_FILE.read_text()
+    assert committed == crd.status_owners(), (
+        f"{crd.STATUS_OWNERS_FILE} is stale: run `make generate`"
+    )
+
+
+def test_every_status_key_has_exactly_one_owner() -> None:
+    owners = yaml.safe_load(crd.status_owners())
+    agent, operator = set(owners["agent"]), set(owners["operator"])
+    schema = crd.gpu_node_health_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    keys = set(schema["properties"]["status"]["properties"])
+    assert agent | operator == keys
+    assert not agent & operator
+    assert {"verdict", "conditions"} <= operator
+
+
 def walk(schema: dict[str, Any], path: str) -> list[str]:
     missing = [] if "description" in schema or path.endswith("metadata") else [path]
     for key, sub in schema.get("properties", {}).items():
