@@ -141,6 +141,9 @@ def _entry(row: Mapping[str, str]) -> CatalogEntry:
 # spellings ("GPU Reset Required", "Reset", "PF FLR", "Node Reboot Required", "OS Reboot"), so the
 # label's keywords decide first and the number only when there is no usable label. Values above 4
 # were numbered differently across NVML releases, so a number alone is trusted only up to 4.
+NO_RECOVERY_NEEDED = "IGNORE"
+"""Immediate action of an XID 154 whose driver message says no recovery is needed."""
+
 RECOVERY_ACTION_CHANGED = 154
 """The XID whose message states the driver's recovery action."""
 
@@ -176,3 +179,37 @@ def recovery_action(message: str) -> str | None:
     number_text = match.group(1).lower()
     number = int(number_text, 16) if number_text.startswith("0x") else int(number_text)
     return _RECOVERY_ACTION_BY_NUMBER.get(number, UNKNOWN_ACTION)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Classification:
+    """What NVIDIA's catalog says about one XID."""
+
+    mnemonic: str | None
+    description: str | None
+    immediate_action: str
+    investigatory_action: str | None
+    known: bool
+
+
+def classify(code: int, message: str | None) -> Classification:
+    """The catalog's view of an XID; ``message`` matters only for XID 154."""
+    entry = lookup(code)
+    if entry is None:
+        return Classification(
+            mnemonic=None,
+            description=None,
+            immediate_action=UNKNOWN_ACTION,
+            investigatory_action=None,
+            known=False,
+        )
+    immediate = entry.immediate_action or UNKNOWN_ACTION
+    if code == RECOVERY_ACTION_CHANGED:
+        immediate = recovery_action(message or "") or NO_RECOVERY_NEEDED
+    return Classification(
+        mnemonic=entry.mnemonic,
+        description=entry.description,
+        immediate_action=immediate,
+        investigatory_action=entry.investigatory_action,
+        known=True,
+    )

@@ -13,7 +13,8 @@ from datetime import datetime
 from navarch import api
 from navarch.node_agent.observation import NvmlSnapshot, XidEvent
 from navarch.node_agent.status import AgentIdentity, ResetTracker, build_status
-from navarch.node_agent.xid_store import Outcome, XidStore, classify
+from navarch.node_agent.xid_store import Outcome, XidStore
+from navarch.xid_catalog import classify
 
 log = logging.getLogger(__name__)
 

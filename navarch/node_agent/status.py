@@ -28,11 +28,9 @@ from typing import Any
 
 from navarch import api
 from navarch.api import AgentInfo, GpuNodeHealthStatus, GpuStatus, XidRecord
+from navarch.gpu import GPU_COUNT_LABEL, GPU_RESOURCE, GpuIdentity
 from navarch.node_agent.observation import NvmlSnapshot
 from navarch.wire import camel, to_wire
-
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_COUNT_LABEL = "nvidia.com/gpu.count"
 
 LIVE_READINGS = frozenset({"temperatureC", "powerWatts", "memoryUsedMib", "utilizationPercent"})
 """GPU fields (wire names) that change status only on heartbeat writes."""
@@ -138,13 +136,6 @@ def _count(value: Any) -> int | None:
     return count if count >= 0 else None
 
 
-def gpu_key(gpu: GpuStatus) -> str:
-    """A GPU's identity across passes: UUID, else PCI bus id, else index."""
-    if gpu.uuid:
-        return gpu.uuid
-    return gpu.pci_bus_id or f"index:{gpu.index}"
-
-
 @dataclass
 class _Seen:
     volatile_corrected: int | None = None
@@ -172,7 +163,7 @@ class ResetTracker:
             return
         present = set()
         for gpu in snapshot.gpus:
-            key = gpu_key(gpu)
+            key = GpuIdentity.of(gpu).key
             present.add(key)
             seen = self._seen.setdefault(key, _Seen())
             current = _readings(gpu)
@@ -196,7 +187,7 @@ class ResetTracker:
         was watching) gets the time of that first reading.
         """
         for gpu in gpus:
-            key = gpu_key(gpu)
+            key = GpuIdentity.of(gpu).key
             if gpu.reset_time is not None:
                 self._keep_latest(key, gpu.reset_time)
             reported = _Seen(
@@ -223,7 +214,8 @@ class ResetTracker:
     def stamp(self, gpus: Sequence[GpuStatus]) -> list[GpuStatus]:
         """Copies of ``gpus`` with their reset times."""
         return [
-            dataclasses.replace(gpu, reset_time=self._reset_times.get(gpu_key(gpu))) for gpu in gpus
+            dataclasses.replace(gpu, reset_time=self._reset_times.get(GpuIdentity.of(gpu).key))
+            for gpu in gpus
         ]
 
 

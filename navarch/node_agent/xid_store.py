@@ -5,9 +5,10 @@ Pure: no I/O, no clock. The agent feeds it every ``XidEvent`` its sources report
 
 Merging rules:
 
-* One record per XID code and GPU. The GPU is identified by its normalised PCI bus id, resolved
-  to index and UUID through the current NVML snapshot (either source may know only some of the
-  three). Repeats raise ``count`` and move ``last_time``.
+* One record per XID code and GPU. Each source knows only some of a GPU's identifiers; they
+  are completed from the current NVML snapshot, and an event belongs to a record when both
+  name the same GPU (``navarch.gpu.GpuIdentity``: UUID, then PCI bus id, then index). Repeats
+  raise ``count`` and move ``last_time``.
 * The same occurrence reported by both NVML and the kernel log counts once: an event matches an
   earlier, not yet matched event of the *other* source for the same code and GPU whose time is
   within :data:`DEDUP_WINDOW`. Matching consumes the earlier event, so a burst of N XIDs seen
@@ -31,20 +32,18 @@ import copy
 import dataclasses
 import enum
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from navarch import xid_catalog
 from navarch.api import MAX_XIDS, GpuNodeHealthStatus, GpuStatus, XidRecord, XidSource
+from navarch.gpu import GpuIdentity
 from navarch.node_agent.observation import XidEvent
-from navarch.pci import normalize_pci_bus_id
+from navarch.xid_catalog import classify
 
 DEDUP_WINDOW = timedelta(seconds=5)
 """Events of the two sources this close together, same code and GPU, are one occurrence."""
-
-NO_RECOVERY_NEEDED = "IGNORE"
-"""Immediate action of an XID 154 whose driver message says no recovery is needed."""
 
 _UNMATCHED_LIMIT = 128
 """Events per record kept for matching against the other source; bounds memory in a flood."""
@@ -77,21 +76,6 @@ class _Entry:
     )
 
 
-@dataclass(frozen=True)
-class _Gpu:
-    index: int | None
-    uuid: str | None
-    pci_bus_id: str | None
-
-    @property
-    def key(self) -> str:
-        if self.pci_bus_id:
-            return self.pci_bus_id
-        if self.uuid:
-            return f"uuid:{self.uuid}"
-        return f"index:{self.index}" if self.index is not None else "unknown"
-
-
 class XidStore:
     """The XIDs of the current boot; not thread-safe (the agent holds a lock around it)."""
 
@@ -101,6 +85,7 @@ class XidStore:
         self._max = max_records
         self._window = dedup_window
         self._entries: dict[tuple[int, str], _Entry] = {}
+        """Keyed by code and the identity's key at the first sighting; see ``_key``."""
         self._reported_through: dict[tuple[int, str], datetime] = {}
         self._reported_before: datetime | None = None
         self._changes = 0
@@ -126,7 +111,7 @@ class XidStore:
         self._reported_before = started
         for seeded in status.xids:
             record = copy.deepcopy(seeded)
-            key = (record.code, _Gpu(record.gpu_index, record.gpu_uuid, record.pci_bus_id).key)
+            key = self._key(record.code, GpuIdentity.of_xid(record))
             self._reported_through[key] = record.last_time or record.time
             entry = self._entries.get(key)
             if entry is not None:
@@ -137,8 +122,8 @@ class XidStore:
         return len(status.xids)
 
     def add(self, event: XidEvent, gpus: Sequence[GpuStatus]) -> Outcome:
-        gpu = _identify(event, gpus)
-        key = (event.code, gpu.key)
+        gpu = GpuIdentity(event.gpu_uuid, event.pci_bus_id, event.gpu_index).resolved(gpus)
+        key = self._key(event.code, gpu)
         through = self._reported_through.get(key)
         if (
             through is not None
@@ -183,7 +168,7 @@ class XidStore:
             record = entry.record
             if record.gpu_index is not None and record.gpu_uuid is not None:
                 continue
-            gpu = _identify_gpu(record.pci_bus_id, record.gpu_uuid, record.gpu_index, gpus)
+            gpu = GpuIdentity.of_xid(record).resolved(gpus)
             before = (record.gpu_index, record.gpu_uuid)
             _fill_identity(record, gpu)
             if (record.gpu_index, record.gpu_uuid) != before:
@@ -199,6 +184,17 @@ class XidStore:
         if not self._entries:
             return None
         return summarize(max((e.record for e in self._entries.values()), key=_seen))
+
+    def _key(self, code: int, gpu: GpuIdentity) -> tuple[int, str]:
+        """The key of the record of ``code`` on the GPU ``gpu`` names: an existing record's
+        whose identity is the same GPU, else a new one."""
+        key = (code, gpu.key)
+        if key in self._entries or key in self._reported_through:
+            return key
+        for known, entry in self._entries.items():
+            if known[0] == code and gpu.same_gpu(GpuIdentity.of_xid(entry.record)):
+                return known
+        return key
 
     def _match(self, entry: _Entry, event: XidEvent) -> bool:
         for i, (time, source) in enumerate(entry.unmatched):
@@ -231,45 +227,11 @@ def summarize(record: XidRecord) -> str:
     return text
 
 
-@dataclass(frozen=True, kw_only=True)
-class Classification:
-    """What NVIDIA's catalog says about one XID."""
-
-    mnemonic: str | None
-    description: str | None
-    immediate_action: str
-    investigatory_action: str | None
-    known: bool
-
-
-def classify(code: int, message: str | None) -> Classification:
-    """The catalog's view of an XID; ``message`` matters only for XID 154."""
-    entry = xid_catalog.lookup(code)
-    if entry is None:
-        return Classification(
-            mnemonic=None,
-            description=None,
-            immediate_action=xid_catalog.UNKNOWN_ACTION,
-            investigatory_action=None,
-            known=False,
-        )
-    immediate = entry.immediate_action or xid_catalog.UNKNOWN_ACTION
-    if code == xid_catalog.RECOVERY_ACTION_CHANGED:
-        immediate = xid_catalog.recovery_action(message or "") or NO_RECOVERY_NEEDED
-    return Classification(
-        mnemonic=entry.mnemonic,
-        description=entry.description,
-        immediate_action=immediate,
-        investigatory_action=entry.investigatory_action,
-        known=True,
-    )
-
-
 def _seen(record: XidRecord) -> datetime:
     return record.last_time or record.time
 
 
-def _new_record(event: XidEvent, gpu: _Gpu) -> XidRecord:
+def _new_record(event: XidEvent, gpu: GpuIdentity) -> XidRecord:
     kind = classify(event.code, event.message)
     return XidRecord(
         code=event.code,
@@ -302,41 +264,10 @@ def _merged(seeded: XidRecord, local: XidRecord) -> XidRecord:
         seeded.last_time = _seen(local)
         if local.message:
             _set_message(seeded, local.message)
-    _fill_identity(seeded, _Gpu(local.gpu_index, local.gpu_uuid, local.pci_bus_id))
+    _fill_identity(seeded, GpuIdentity.of_xid(local))
     return seeded
 
 
-def _fill_identity(record: XidRecord, gpu: _Gpu) -> None:
-    record.gpu_index = record.gpu_index if record.gpu_index is not None else gpu.index
-    record.gpu_uuid = record.gpu_uuid or gpu.uuid
-    record.pci_bus_id = record.pci_bus_id or gpu.pci_bus_id
-
-
-def _identify(event: XidEvent, gpus: Sequence[GpuStatus]) -> _Gpu:
-    return _identify_gpu(event.pci_bus_id, event.gpu_uuid, event.gpu_index, gpus)
-
-
-def _identify_gpu(
-    pci_bus_id: str | None, uuid: str | None, index: int | None, gpus: Iterable[GpuStatus]
-) -> _Gpu:
-    pci = _normalized(pci_bus_id)
-    for gpu in gpus:
-        if (pci is not None and _normalized(gpu.pci_bus_id) == pci) or (
-            pci is None and uuid is not None and gpu.uuid == uuid
-        ):
-            return _Gpu(gpu.index, gpu.uuid or uuid, _normalized(gpu.pci_bus_id) or pci)
-    if pci is None and uuid is None and index is not None:
-        # An index alone identifies a GPU only while the snapshot agrees on it.
-        for gpu in gpus:
-            if gpu.index == index:
-                return _Gpu(index, gpu.uuid, _normalized(gpu.pci_bus_id))
-    return _Gpu(index, uuid, pci)
-
-
-def _normalized(pci_bus_id: str | None) -> str | None:
-    if not pci_bus_id:
-        return None
-    try:
-        return normalize_pci_bus_id(pci_bus_id)
-    except ValueError:
-        return pci_bus_id.strip().lower()
+def _fill_identity(record: XidRecord, gpu: GpuIdentity) -> None:
+    known = GpuIdentity.of_xid(record).merged(gpu)
+    record.gpu_uuid, record.pci_bus_id, record.gpu_index = known.uuid, known.pci_bus_id, known.index

@@ -24,8 +24,8 @@ from typing import Any
 
 from navarch import api
 from navarch.errors import InvalidObjectError
+from navarch.gpu import GPU_PRESENT_LABEL
 from navarch.operator import gnh_status
-from navarch.operator.defaults import GPU_PRESENT_LABEL
 from navarch.operator.fleet import HealthEntry, NodeEntry
 from navarch.operator.planner import Event, NodePlan, needs_new_quarantine, plan
 from navarch.operator.policy import CompiledPolicy

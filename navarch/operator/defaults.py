@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from navarch import api
+from navarch.gpu import GPU_PRESENT_LABEL, gpu_label, xid_label
 from navarch.wire import to_wire
 from navarch.xid_catalog import HARDWARE_ACTIONS, RESET_ACTIONS, UNKNOWN_ACTION
 
@@ -33,9 +34,6 @@ if TYPE_CHECKING:
 DEFAULT_POLICY_NAME = "default"
 DEFAULT_PRIORITY = -100
 """Below the API default of 0, so any policy a user writes wins where it selects a node."""
-
-GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
-"""Set by NVIDIA GPU feature discovery on nodes that have GPUs."""
 
 RETIRED_PAGE_LIMIT = 64
 """GPUs with page retirement (pre-Ampere) can retire at most 64 pages; at the limit the GPU is
@@ -79,36 +77,6 @@ Check = Callable[[RuleInputs], list[Finding]]
 class DefaultRule:
     rule: api.PolicyRule
     check: Check
-
-
-def gpu_label(gpu: api.GpuStatus) -> str:
-    """``GPU 3 (GPU-5f1f..., 0000:3b:00.0)``: index, then what tells it apart physically."""
-    ids = [i for i in (gpu.uuid, gpu.pci_bus_id) if i]
-    return f"GPU {gpu.index} ({', '.join(ids)})" if ids else f"GPU {gpu.index}"
-
-
-def xid_gpu(xid: api.XidRecord, gpus: Sequence[api.GpuStatus]) -> api.GpuStatus | None:
-    """The GPU an XID belongs to: by UUID, else NVML index, else PCI bus id."""
-    if xid.gpu_uuid:
-        return next((g for g in gpus if g.uuid == xid.gpu_uuid), None)
-    if xid.gpu_index is not None:
-        return next((g for g in gpus if g.index == xid.gpu_index), None)
-    if xid.pci_bus_id:
-        bus = xid.pci_bus_id.lower()
-        return next((g for g in gpus if (g.pci_bus_id or "").lower() == bus), None)
-    return None
-
-
-def xid_label(xid: api.XidRecord, gpus: Sequence[api.GpuStatus]) -> str:
-    gpu = xid_gpu(xid, gpus)
-    if gpu is not None:
-        where = gpu_label(gpu)
-    else:
-        ids = [str(i) for i in (xid.gpu_index, xid.gpu_uuid, xid.pci_bus_id) if i is not None]
-        where = f"GPU {' '.join(ids)}" if ids else "unidentified GPU"
-    name = f"XID {xid.code} {xid.mnemonic}" if xid.mnemonic else f"XID {xid.code}"
-    seen = f", seen {xid.count} times" if xid.count > 1 else ""
-    return f"{where}: {name}{seen}"
 
 
 def summarise(findings: Sequence[Finding]) -> str:

@@ -25,7 +25,8 @@ from typing import Any
 from navarch import api
 from navarch.durations import format_duration
 from navarch.errors import InvalidObjectError
-from navarch.operator.defaults import RuleInputs, xid_gpu
+from navarch.gpu import GpuIdentity
+from navarch.operator.defaults import RuleInputs
 from navarch.operator.policy import CompiledPolicy, RuleError, RuleMatch
 from navarch.wire import format_time, from_wire, parse_time
 from navarch.xid_catalog import APPLICATION_ACTIONS
@@ -174,7 +175,7 @@ def is_active(
         return False
     if acknowledged_before is not None and seen <= acknowledged_before:
         return False
-    gpu = xid_gpu(xid, gpus)
+    gpu = GpuIdentity.of_xid(xid).find(gpus)
     return not (gpu is not None and gpu.reset_time is not None and seen < gpu.reset_time)
 
 

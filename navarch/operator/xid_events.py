@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from navarch import api
-from navarch.operator.defaults import xid_label
+from navarch.gpu import xid_label
 from navarch.operator.planner import Event
 
 MAX_EVENTS = 5

@@ -24,10 +24,9 @@ from navarch import api
 from navarch.api import doc, required
 from navarch.durations import parse_duration
 from navarch.errors import InvalidObjectError, NavarchError
-from navarch.node_agent.xid_store import classify
 from navarch.operator.storm import check_max_unhealthy
 from navarch.wire import camel, from_wire, type_hints
-from navarch.xid_catalog import HARDWARE_ACTIONS, RESET_ACTIONS
+from navarch.xid_catalog import HARDWARE_ACTIONS, RESET_ACTIONS, classify
 
 MAX_NODES = 5000
 _FAULT = re.compile(r"^(xid) ([0-9]+)$|^(ecc|gpu-lost|silence)$")

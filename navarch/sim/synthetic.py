@@ -15,7 +15,7 @@ from datetime import datetime
 
 from navarch import api
 from navarch.node_agent.observation import NvmlSnapshot, XidEvent
-from navarch.node_agent.xid_store import classify
+from navarch.xid_catalog import classify
 
 DRIVER_VERSION = "550.54.15"
 CUDA_VERSION = "12.4"

@@ -17,13 +17,11 @@ from navarch.api import (
 from navarch.node_agent.observation import XidEvent
 from navarch.node_agent.xid_store import (
     DEDUP_WINDOW,
-    NO_RECOVERY_NEEDED,
     Outcome,
     XidStore,
-    classify,
     summarize,
 )
-from navarch.xid_catalog import UNKNOWN_ACTION
+from navarch.xid_catalog import NO_RECOVERY_NEEDED, UNKNOWN_ACTION, classify
 
 T0 = datetime(2026, 3, 5, 10, 0, 0, tzinfo=UTC)
 BOOT = "0d3c5f7e-1111-4222-8333-444455556666"
@@ -323,6 +321,37 @@ def test_xids_after_the_reported_ones_still_count() -> None:
     assert store.add(kmsg(48, 1), GPUS) is Outcome.NEW
     assert {r.code: r.count for r in store.records()} == {79: 3, 48: 1}
     assert only_code(store, 79).last_time == at(120)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        XidEvent(code=79, time=at(10), source=XidSource.KMSG, pci_bus_id="0000:3B:00"),
+        XidEvent(code=79, time=at(10), source=XidSource.NVML, gpu_uuid="GPU-dddd"),
+    ],
+    ids=["kernel-log-pci-only", "nvml-uuid-only"],
+)
+def test_a_gpu_gone_from_nvml_is_still_known_by_whichever_id_the_source_gives(
+    event: XidEvent,
+) -> None:
+    """XID 79 takes the GPU off NVML's list, so an event can no longer be completed from the
+    snapshot: the kernel log names only the PCI bus id, NVML only the UUID. Either still finds
+    the record reported before the restart."""
+    store = XidStore()
+    store.seed(status_with([reported(79, 0, 30, 2)]), BOOT, STARTED)
+    remaining = [g for g in GPUS if g.uuid != "GPU-dddd"]
+
+    assert store.add(event, remaining) is Outcome.REPORTED
+    assert only(store).count == 2
+
+
+def test_a_uuid_only_and_a_pci_only_event_of_an_unlisted_gpu_stay_apart() -> None:
+    """With no identifier in common nothing says they are one GPU."""
+    store = XidStore()
+    pci = XidEvent(code=79, time=at(0), source=XidSource.KMSG, pci_bus_id="0000:3b:00.0")
+    uuid = XidEvent(code=79, time=at(0), source=XidSource.NVML, gpu_uuid="GPU-eeee")
+
+    assert [store.add(pci, []), store.add(uuid, [])] == [Outcome.NEW, Outcome.NEW]
 
 
 def only_code(store: XidStore, code: int) -> XidRecord:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from navarch import api
+from navarch.gpu import GPU_PRESENT_LABEL
 from navarch.operator import defaults
 from navarch.operator.decisions import Decision, decide, judge
 from navarch.operator.fleet import HealthEntry, NodeEntry
@@ -103,9 +104,7 @@ def test_an_ungoverned_node_is_reported_but_not_planned() -> None:
 
 def test_a_node_without_gpu_node_health_is_left_alone_unless_it_should_have_one() -> None:
     assert judge("gpu-1", node(), None, POLICY, NOW, remembered=None) is None
-    j = judge(
-        "gpu-1", node(**{defaults.GPU_PRESENT_LABEL: "true"}), None, POLICY, NOW, remembered=None
-    )
+    j = judge("gpu-1", node(**{GPU_PRESENT_LABEL: "true"}), None, POLICY, NOW, remembered=None)
     assert j is not None
     d = decide(j, storm_admits=True, now=NOW)
     assert (d.verdict.health, d.verdict.reason) == ("Unknown", "NoStatus")
