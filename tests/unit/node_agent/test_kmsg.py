@@ -533,21 +533,3 @@ def test_close_releases_the_file_descriptor(tmp_path: Path) -> None:
     w.close()
     w.close()
     assert len(os.listdir("/proc/self/fd")) == before
-
-
-def test_watcher_reads_the_real_kernel_log_or_says_why_it_cannot() -> None:
-    # Whatever this host allows: either the real log parses, or the watcher names the reason
-    # and returns nothing, without raising.
-    w = KmsgWatcher()
-    try:
-        started = time.monotonic()
-        events = w.wait(0.2)
-        elapsed = time.monotonic() - started
-    finally:
-        w.close()
-    if w.error is None:
-        assert all(e.source == XidSource.KMSG for e in events)
-    else:
-        assert w.error.startswith("cannot read /dev/kmsg")
-        assert events == []
-    assert elapsed < 5
