@@ -93,6 +93,17 @@ def parse_xid(line: str) -> ParsedXid | None:
     )
 
 
+def xid_event(parsed: ParsedXid, time: datetime) -> XidEvent:
+    """The agent's event for one parsed driver line, stamped ``time``."""
+    return XidEvent(
+        source=XidSource.KMSG,
+        code=parsed.code,
+        time=time,
+        pci_bus_id=parsed.pci_bus_id,
+        message=parsed.message or None,
+    )
+
+
 def scan(lines: Iterable[str]) -> Iterator[ParsedXid]:
     """The XIDs among ``lines``, in order."""
     for line in lines:
@@ -285,15 +296,7 @@ class KmsgWatcher:
                 self._last_seq = parsed.seq
             if clocks is None:
                 clocks = (self._wall_clock(), int(self._monotonic_clock() * 1_000_000))
-            events.append(
-                XidEvent(
-                    source=XidSource.KMSG,
-                    code=parsed.code,
-                    time=_record_time(parsed.monotonic_us, *clocks),
-                    pci_bus_id=parsed.pci_bus_id,
-                    message=parsed.message or None,
-                )
-            )
+            events.append(xid_event(parsed, _record_time(parsed.monotonic_us, *clocks)))
         return events
 
 

@@ -14,6 +14,7 @@ import random
 from datetime import datetime
 
 from navarch import api
+from navarch.node_agent import kmsg
 from navarch.node_agent.observation import NvmlSnapshot, XidEvent
 from navarch.xid_catalog import classify
 
@@ -88,13 +89,18 @@ def without_gpu(gpus: list[api.GpuStatus], gpu: int) -> list[api.GpuStatus]:
     return [g for g in gpus if g.index != gpu]
 
 
-def xid_event(code: int, gpu: int, at: datetime) -> XidEvent:
-    """An XID as the kernel-log source reports it."""
+def kernel_log_line(code: int, gpu: int, seq: int = 0) -> str:
+    """A ``/dev/kmsg`` record of an XID, as NVIDIA's driver prints it (bus id without the
+    function, as the driver writes it)."""
     mnemonic = classify(code, None).mnemonic or "unknown"
-    return XidEvent(
-        code=code,
-        time=at,
-        source=api.XidSource.KMSG,
-        pci_bus_id=bus_id(gpu),
-        message=f"NVRM: Xid (PCI:{bus_id(gpu)}): {code}, pid=4242, {mnemonic}",
-    )
+    bus = bus_id(gpu).rsplit(".", 1)[0]
+    return f"4,{seq},0,-;NVRM: Xid (PCI:{bus}): {code}, pid=4242, name=train, {mnemonic}"
+
+
+def xid_event(code: int, gpu: int, at: datetime) -> XidEvent:
+    """An XID as the agent's kernel-log source reports it: a driver line through its parser."""
+    line = kernel_log_line(code, gpu)
+    parsed = kmsg.parse_xid(line)
+    if parsed is None:
+        raise ValueError(f"the kernel-log parser does not read its own format: {line!r}")
+    return kmsg.xid_event(parsed, at)

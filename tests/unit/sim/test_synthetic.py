@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from navarch import api
+from navarch.node_agent import kmsg
 from navarch.sim import synthetic
 
 
@@ -119,8 +120,9 @@ def test_xid_event_carries_the_bus_id_and_comes_from_kmsg(gpu: int) -> None:
     assert event.time == at
     assert event.source == api.XidSource.KMSG
     assert event.pci_bus_id == synthetic.bus_id(gpu)
+    # What the agent's kernel-log parser keeps of the driver's line: the text after the code.
     assert event.message is not None
-    assert event.message.startswith(f"NVRM: Xid (PCI:{synthetic.bus_id(gpu)}): 79,")
+    assert event.message.startswith("pid=4242, ")
 
 
 def test_xid_event_message_names_the_catalogued_mnemonic() -> None:
@@ -134,4 +136,14 @@ def test_xid_event_of_an_uncatalogued_code_says_unknown() -> None:
     event = synthetic.xid_event(9999, 0, datetime(2025, 3, 1, tzinfo=UTC))
 
     assert event.message is not None
-    assert event.message.endswith("9999, pid=4242, unknown")
+    assert event.message.endswith("pid=4242, name=train, unknown")
+
+
+def test_xid_events_are_kernel_log_lines_read_by_the_agents_parser() -> None:
+    line = synthetic.kernel_log_line(79, 3, seq=12)
+    parsed = kmsg.parse_xid(line)
+
+    assert parsed is not None
+    assert (parsed.code, parsed.pci_bus_id, parsed.seq) == (79, synthetic.bus_id(3), 12)
+    at = datetime(2025, 3, 1, tzinfo=UTC)
+    assert synthetic.xid_event(79, 3, at) == kmsg.xid_event(parsed, at)
