@@ -3,7 +3,8 @@
 # fake NVML library, check that agents report and the operator judges, then run the
 # integration suite against the same cluster (NAVARCH_KUBECONFIG).
 #
-# Needs docker and kind on PATH, plus what `make test` needs. Run it through `make e2e-kind`.
+# Needs docker (with BuildKit) and kind on PATH, plus what `make test` needs. Run it through
+# `make e2e-kind`.
 # KEEP_CLUSTER=1 leaves the cluster running afterwards; KIND_NODE_IMAGE picks the Kubernetes
 # version (>= 1.30: the chart's admission policy needs node names in ServiceAccount tokens).
 set -euo pipefail
@@ -43,13 +44,17 @@ $kubectl label nodes --all nvidia.com/gpu.present=true --overwrite
 
 echo "== image"
 docker build -t navarch:base "$root"
-# Test-only layer: the fake libnvidia-ml.so, compiled for the image's glibc. The production
-# image above stays compiler-free; this one never leaves the kind cluster.
-docker build -t "$image" -f - "$root" <<'DOCKERFILE'
+# Test-only layer: the fake libnvidia-ml.so, compiled for the image's glibc against the same
+# NVIDIA nvml.h as the tests use (the dev extra's nvidia-nvml-dev, passed as a build context).
+# The production image above stays compiler-free; this one never leaves the kind cluster.
+nvml_include="$("$root/.venv/bin/python" -c \
+  'from navarch.testing.fake_nvml import nvml_include_dir; print(nvml_include_dir())')"
+docker build -t "$image" --build-context nvml-include="$nvml_include" -f - "$root" <<'DOCKERFILE'
 FROM python:3.11.13-bookworm AS fake-nvml
 COPY navarch/testing/fake_nvml.c /src/fake_nvml.c
-RUN gcc -O2 -Wall -Wextra -fvisibility=hidden -shared -fPIC -Wl,-soname,libnvidia-ml.so.1 \
-    -o /src/libnvidia-ml.so.1 /src/fake_nvml.c -lpthread
+COPY --from=nvml-include nvml.h /usr/local/include/nvml.h
+RUN gcc -O2 -Wall -Wextra -Wmissing-prototypes -fvisibility=hidden -shared -fPIC \
+    -Wl,-soname,libnvidia-ml.so.1 -o /src/libnvidia-ml.so.1 /src/fake_nvml.c -lpthread
 FROM navarch:base
 COPY --from=fake-nvml /src/libnvidia-ml.so.1 /opt/fake-nvml/libnvidia-ml.so.1
 DOCKERFILE

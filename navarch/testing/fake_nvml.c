@@ -1,11 +1,11 @@
 /*
  * A fake libnvidia-ml.so.1 for tests, the demo and the simulator.
  *
- * The real pynvml loads it unchanged: every exported symbol has NVML's C signature and
- * struct layout, and every return value is a real nvmlReturn_t code. What the "GPUs" report
- * comes from a scenario file named by NAVARCH_FAKE_NVML_SCENARIO; FAKE_NVML.md documents
- * the format. Build: gcc -shared -fPIC -fvisibility=hidden -Wl,-soname,libnvidia-ml.so.1
- * -o libnvidia-ml.so.1 fake_nvml.c -lpthread
+ * The real pynvml loads it unchanged. Types, constants and prototypes come from NVIDIA's own
+ * nvml.h (the nvidia-nvml-dev package), so the compiler checks every exported function's
+ * signature and every struct layout against NVML's; nothing here restates them. What the
+ * "GPUs" report comes from a scenario file named by NAVARCH_FAKE_NVML_SCENARIO; FAKE_NVML.md
+ * documents the format and the build command (fake_nvml.py's build() runs it).
  *
  * One mutex guards all state. Every API call first "syncs": it picks up lines appended to
  * the scenario file and applies timed statements that have come due, so injected faults
@@ -13,8 +13,12 @@
  * short tick for the same reason.
  */
 #define _GNU_SOURCE
+/* Without this the header renames nvmlInit, nvmlDeviceGetCount and others to their _v2/_v3
+ * names; pynvml releases differ in which name they call, so the fake exports both. */
+#define NVML_NO_UNVERSIONED_FUNC_DEFS
 #include <errno.h>
 #include <fcntl.h>
+#include <nvml.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,66 +31,12 @@
 
 #define NVML_API __attribute__((visibility("default")))
 
-/* nvmlReturn_t values, as in nvml.h. */
-typedef int nvmlReturn_t;
-#define NVML_SUCCESS 0
-#define NVML_ERROR_UNINITIALIZED 1
-#define NVML_ERROR_INVALID_ARGUMENT 2
-#define NVML_ERROR_NOT_SUPPORTED 3
-#define NVML_ERROR_INSUFFICIENT_SIZE 7
-#define NVML_ERROR_DRIVER_NOT_LOADED 9
-#define NVML_ERROR_TIMEOUT 10
-#define NVML_ERROR_GPU_IS_LOST 15
-#define NVML_ERROR_ARGUMENT_VERSION_MISMATCH 25
-
-#define NVML_TEMPERATURE_GPU 0
-#define NVML_TEMPERATURE_V1 0x100000C
-#define NVML_EVENT_TYPE_XID_CRITICAL_ERROR 0x8ULL
-#define NVML_VALUE_NOT_AVAILABLE_UINT 0xFFFFFFFFu
-
 #define FAKE_MAX_GPUS 16
 #define FAKE_MAX_LINKS 36
 #define FAKE_EVENT_QUEUE 256
 #define FAKE_TICK_NS 20000000L /* how often a blocked wait re-reads the scenario file */
-
-/* Struct layouts from nvml.h (and pynvml's ctypes mirrors). */
-typedef struct {
-    char busIdLegacy[16];
-    unsigned int domain;
-    unsigned int bus;
-    unsigned int device;
-    unsigned int pciDeviceId;
-    unsigned int pciSubSystemId;
-    char busId[32];
-} nvmlPciInfo_t;
-
-typedef struct {
-    unsigned long long total;
-    unsigned long long free;
-    unsigned long long used;
-} nvmlMemory_t;
-
-typedef struct {
-    unsigned int gpu;
-    unsigned int memory;
-} nvmlUtilization_t;
-
-typedef struct {
-    unsigned int version;
-    unsigned int sensorType;
-    int temperature;
-} nvmlTemperature_t;
-
-typedef struct nvmlDevice_st *nvmlDevice_t;
-typedef struct nvmlEventSet_st *nvmlEventSet_t;
-
-typedef struct {
-    nvmlDevice_t device;
-    unsigned long long eventType;
-    unsigned long long eventData;
-    unsigned int gpuInstanceId;
-    unsigned int computeInstanceId;
-} nvmlEventData_t;
+/* What NVML puts in an event's MIG instance ids when MIG is off. */
+#define FAKE_NO_MIG_INSTANCE 0xFFFFFFFFu
 
 /* Field groups a scenario can make fail (e.g. NOT_SUPPORTED). */
 enum group {
@@ -115,11 +65,18 @@ static const char *const group_names[G_COUNT] = {
     "retired_pages", "nvlink", "pcie_replays", "events",
 };
 
-enum link_counter { L_REPLAY, L_RECOVERY, L_CRC_FLIT, L_CRC_DATA, L_COUNTERS };
+/* The NVLink error counters a scenario can set; NVML's other counters answer INVALID_ARGUMENT. */
+static const char *const link_counter_names[] = {
+    [NVML_NVLINK_ERROR_DL_REPLAY] = "replay",
+    [NVML_NVLINK_ERROR_DL_RECOVERY] = "recovery",
+    [NVML_NVLINK_ERROR_DL_CRC_FLIT] = "crc_flit",
+    [NVML_NVLINK_ERROR_DL_CRC_DATA] = "crc_data",
+};
+#define FAKE_LINK_COUNTERS (sizeof(link_counter_names) / sizeof(link_counter_names[0]))
 
 struct link {
     unsigned int active;
-    unsigned long long counters[L_COUNTERS];
+    unsigned long long counters[FAKE_LINK_COUNTERS];
 };
 
 struct nvmlDevice_st {
@@ -138,7 +95,7 @@ struct nvmlDevice_st {
     unsigned int utilization_memory;
     unsigned long long throttle;
     unsigned int ecc_mode;
-    unsigned long long ecc[2][2]; /* [nvmlMemoryErrorType_t][nvmlEccCounterType_t] */
+    unsigned long long ecc[NVML_MEMORY_ERROR_TYPE_COUNT][NVML_ECC_COUNTER_TYPE_COUNT];
     unsigned int remap_correctable;
     unsigned int remap_uncorrectable;
     unsigned int remap_pending;
@@ -354,8 +311,8 @@ static void deliver_event(struct nvmlDevice_st *d, unsigned long long type, unsi
         e->device = d;
         e->eventType = type;
         e->eventData = data;
-        e->gpuInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
-        e->computeInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
+        e->gpuInstanceId = FAKE_NO_MIG_INSTANCE;
+        e->computeInstanceId = FAKE_NO_MIG_INSTANCE;
         set->count++;
     }
     pthread_cond_broadcast(&wakeup);
@@ -387,7 +344,7 @@ static void apply_xid(struct nvmlDevice_st *d, char **cursor) {
             warn("unknown xid option %s", word);
         }
     }
-    deliver_event(d, NVML_EVENT_TYPE_XID_CRITICAL_ERROR, code);
+    deliver_event(d, nvmlEventTypeXidCriticalError, code);
     if (to_kmsg) {
         if (kmsg_path[0] == '\0')
             warn("xid asks for kmsg but the scenario names no kmsg file");
@@ -398,7 +355,6 @@ static void apply_xid(struct nvmlDevice_st *d, char **cursor) {
 
 /* gpu <i> nvlink <link> <active|replay|recovery|crc_flit|crc_data> <value> */
 static void apply_nvlink(struct nvmlDevice_st *d, char **cursor) {
-    static const char *const names[L_COUNTERS] = {"replay", "recovery", "crc_flit", "crc_data"};
     unsigned long long link, value;
     char *link_word = next_word(cursor);
     char *what = next_word(cursor);
@@ -412,8 +368,8 @@ static void apply_nvlink(struct nvmlDevice_st *d, char **cursor) {
         d->links[link].active = value != 0;
         return;
     }
-    for (int c = 0; c < L_COUNTERS; c++) {
-        if (strcmp(what, names[c]) == 0) {
+    for (size_t c = 0; c < FAKE_LINK_COUNTERS; c++) {
+        if (strcmp(what, link_counter_names[c]) == 0) {
             d->links[link].counters[c] = value;
             return;
         }
@@ -463,10 +419,13 @@ static int set_number(struct nvmlDevice_st *d, const char *field, char **cursor)
         U(nvlink_count),     U(pcie_replays),    U(lost),
 #undef U
 #undef W
-        {"ecc_volatile_corrected", offsetof(struct nvmlDevice_st, ecc[0][0]), 1},
-        {"ecc_aggregate_corrected", offsetof(struct nvmlDevice_st, ecc[0][1]), 1},
-        {"ecc_volatile_uncorrected", offsetof(struct nvmlDevice_st, ecc[1][0]), 1},
-        {"ecc_aggregate_uncorrected", offsetof(struct nvmlDevice_st, ecc[1][1]), 1},
+#define ECC(name, type, counter) \
+    {name, offsetof(struct nvmlDevice_st, ecc[NVML_MEMORY_ERROR_TYPE_##type][counter]), 1}
+        ECC("ecc_volatile_corrected", CORRECTED, NVML_VOLATILE_ECC),
+        ECC("ecc_aggregate_corrected", CORRECTED, NVML_AGGREGATE_ECC),
+        ECC("ecc_volatile_uncorrected", UNCORRECTED, NVML_VOLATILE_ECC),
+        ECC("ecc_aggregate_uncorrected", UNCORRECTED, NVML_AGGREGATE_ECC),
+#undef ECC
     };
     unsigned long long value;
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
@@ -663,37 +622,39 @@ NVML_API nvmlReturn_t nvmlShutdown(void) {
 
 NVML_API const char *nvmlErrorString(nvmlReturn_t result) {
     switch (result) {
-    case 0: return "Success";
-    case 1: return "Uninitialized";
-    case 2: return "Invalid Argument";
-    case 3: return "Not Supported";
-    case 4: return "Insufficient Permissions";
-    case 5: return "Already Initialized";
-    case 6: return "Not Found";
-    case 7: return "Insufficient Size";
-    case 8: return "Insufficient External Power";
-    case 9: return "Driver Not Loaded";
-    case 10: return "Timeout";
-    case 11: return "Interrupt Request Issue";
-    case 12: return "NVML Shared Library Not Found";
-    case 13: return "Function Not Found";
-    case 14: return "Corrupted infoROM";
-    case 15: return "GPU is lost";
-    case 16: return "GPU requires restart";
-    case 17: return "The operating system has blocked the request.";
-    case 18: return "RM has detected an NVML/RM version mismatch.";
-    case 19: return "In use by another client";
-    case 20: return "Insufficient Memory";
-    case 21: return "No data";
-    case 22: return "The requested vgpu operation is not available on target device, because ECC is enabled";
-    case 23: return "Insufficient resources for request";
-    case 24: return "Frequency not supported";
-    case 25: return "Argument version mismatch";
-    case 26: return "Deprecated";
-    case 27: return "Not ready";
-    case 28: return "GPU not found";
-    case 29: return "Invalid state";
-    case 30: return "Reset type not supported";
+    case NVML_SUCCESS: return "Success";
+    case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
+    case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
+    case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
+    case NVML_ERROR_NO_PERMISSION: return "Insufficient Permissions";
+    case NVML_ERROR_ALREADY_INITIALIZED: return "Already Initialized";
+    case NVML_ERROR_NOT_FOUND: return "Not Found";
+    case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
+    case NVML_ERROR_INSUFFICIENT_POWER: return "Insufficient External Power";
+    case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
+    case NVML_ERROR_TIMEOUT: return "Timeout";
+    case NVML_ERROR_IRQ_ISSUE: return "Interrupt Request Issue";
+    case NVML_ERROR_LIBRARY_NOT_FOUND: return "NVML Shared Library Not Found";
+    case NVML_ERROR_FUNCTION_NOT_FOUND: return "Function Not Found";
+    case NVML_ERROR_CORRUPTED_INFOROM: return "Corrupted infoROM";
+    case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
+    case NVML_ERROR_RESET_REQUIRED: return "GPU requires restart";
+    case NVML_ERROR_OPERATING_SYSTEM: return "The operating system has blocked the request.";
+    case NVML_ERROR_LIB_RM_VERSION_MISMATCH: return "RM has detected an NVML/RM version mismatch.";
+    case NVML_ERROR_IN_USE: return "In use by another client";
+    case NVML_ERROR_MEMORY: return "Insufficient Memory";
+    case NVML_ERROR_NO_DATA: return "No data";
+    case NVML_ERROR_VGPU_ECC_NOT_SUPPORTED:
+        return "The requested vgpu operation is not available on target device, because ECC is "
+               "enabled";
+    case NVML_ERROR_INSUFFICIENT_RESOURCES: return "Insufficient resources for request";
+    case NVML_ERROR_FREQ_NOT_SUPPORTED: return "Frequency not supported";
+    case NVML_ERROR_ARGUMENT_VERSION_MISMATCH: return "Argument version mismatch";
+    case NVML_ERROR_DEPRECATED: return "Deprecated";
+    case NVML_ERROR_NOT_READY: return "Not ready";
+    case NVML_ERROR_GPU_NOT_FOUND: return "GPU not found";
+    case NVML_ERROR_INVALID_STATE: return "Invalid state";
+    case NVML_ERROR_RESET_TYPE_NOT_SUPPORTED: return "Reset type not supported";
     default: return "Unknown Error";
     }
 }
@@ -827,7 +788,8 @@ NVML_API nvmlReturn_t nvmlDeviceGetPciInfo_v2(nvmlDevice_t device, nvmlPciInfo_t
     return nvmlDeviceGetPciInfo_v3(device, pci);
 }
 
-NVML_API nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, unsigned int sensor,
+NVML_API nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device,
+                                               nvmlTemperatureSensors_t sensor,
                                                unsigned int *temp) {
     DEVICE_CALL(G_TEMPERATURE);
     if (temp == NULL || sensor != NVML_TEMPERATURE_GPU) return leave(NVML_ERROR_INVALID_ARGUMENT);
@@ -839,7 +801,7 @@ NVML_API nvmlReturn_t nvmlDeviceGetTemperatureV(nvmlDevice_t device, nvmlTempera
     DEVICE_CALL(G_TEMPERATURE);
     if (temp == NULL || temp->sensorType != NVML_TEMPERATURE_GPU)
         return leave(NVML_ERROR_INVALID_ARGUMENT);
-    if (temp->version != NVML_TEMPERATURE_V1) return leave(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    if (temp->version != nvmlTemperature_v1) return leave(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
     temp->temperature = (int)d->temperature;
     return leave(NVML_SUCCESS);
 }
@@ -888,19 +850,25 @@ NVML_API nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t dev
     return nvmlDeviceGetCurrentClocksEventReasons(device, reasons);
 }
 
-NVML_API nvmlReturn_t nvmlDeviceGetEccMode(nvmlDevice_t device, unsigned int *current,
-                                           unsigned int *pending) {
+static nvmlEnableState_t enable_state(unsigned int on) {
+    return on ? NVML_FEATURE_ENABLED : NVML_FEATURE_DISABLED;
+}
+
+NVML_API nvmlReturn_t nvmlDeviceGetEccMode(nvmlDevice_t device, nvmlEnableState_t *current,
+                                           nvmlEnableState_t *pending) {
     DEVICE_CALL(G_ECC);
     if (current == NULL || pending == NULL) return leave(NVML_ERROR_INVALID_ARGUMENT);
-    *current = *pending = d->ecc_mode;
+    *current = *pending = enable_state(d->ecc_mode);
     return leave(NVML_SUCCESS);
 }
 
-NVML_API nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, unsigned int error_type,
-                                                  unsigned int counter_type,
+NVML_API nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device,
+                                                  nvmlMemoryErrorType_t error_type,
+                                                  nvmlEccCounterType_t counter_type,
                                                   unsigned long long *count) {
     DEVICE_CALL(G_ECC);
-    if (count == NULL || error_type > 1 || counter_type > 1)
+    if (count == NULL || error_type >= NVML_MEMORY_ERROR_TYPE_COUNT ||
+        counter_type >= NVML_ECC_COUNTER_TYPE_COUNT)
         return leave(NVML_ERROR_INVALID_ARGUMENT);
     *count = d->ecc[error_type][counter_type];
     return leave(NVML_SUCCESS);
@@ -919,12 +887,15 @@ NVML_API nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t device, unsigned in
     return leave(NVML_SUCCESS);
 }
 
-static nvmlReturn_t retired_pages(nvmlDevice_t device, unsigned int cause, unsigned int *count,
-                                  unsigned long long *addresses, unsigned long long *timestamps) {
+static nvmlReturn_t retired_pages(nvmlDevice_t device, nvmlPageRetirementCause_t cause,
+                                  unsigned int *count, unsigned long long *addresses,
+                                  unsigned long long *timestamps) {
     unsigned int have;
     DEVICE_CALL(G_RETIRED_PAGES);
-    if (count == NULL || cause > 1) return leave(NVML_ERROR_INVALID_ARGUMENT);
-    have = cause == 0 ? d->retired_sbe : d->retired_dbe;
+    if (count == NULL || cause >= NVML_PAGE_RETIREMENT_CAUSE_COUNT)
+        return leave(NVML_ERROR_INVALID_ARGUMENT);
+    have = cause == NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS ? d->retired_sbe
+                                                                              : d->retired_dbe;
     if (*count < have || (have > 0 && addresses == NULL)) {
         *count = have;
         return leave(NVML_ERROR_INSUFFICIENT_SIZE);
@@ -937,12 +908,14 @@ static nvmlReturn_t retired_pages(nvmlDevice_t device, unsigned int cause, unsig
     return leave(NVML_SUCCESS);
 }
 
-NVML_API nvmlReturn_t nvmlDeviceGetRetiredPages(nvmlDevice_t device, unsigned int cause,
+NVML_API nvmlReturn_t nvmlDeviceGetRetiredPages(nvmlDevice_t device,
+                                                nvmlPageRetirementCause_t cause,
                                                 unsigned int *count, unsigned long long *addresses) {
     return retired_pages(device, cause, count, addresses, NULL);
 }
 
-NVML_API nvmlReturn_t nvmlDeviceGetRetiredPages_v2(nvmlDevice_t device, unsigned int cause,
+NVML_API nvmlReturn_t nvmlDeviceGetRetiredPages_v2(nvmlDevice_t device,
+                                                   nvmlPageRetirementCause_t cause,
                                                    unsigned int *count,
                                                    unsigned long long *addresses,
                                                    unsigned long long *timestamps) {
@@ -950,10 +923,10 @@ NVML_API nvmlReturn_t nvmlDeviceGetRetiredPages_v2(nvmlDevice_t device, unsigned
 }
 
 NVML_API nvmlReturn_t nvmlDeviceGetRetiredPagesPendingStatus(nvmlDevice_t device,
-                                                             unsigned int *pending) {
+                                                             nvmlEnableState_t *pending) {
     DEVICE_CALL(G_RETIRED_PAGES);
     if (pending == NULL) return leave(NVML_ERROR_INVALID_ARGUMENT);
-    *pending = d->retired_pending != 0;
+    *pending = enable_state(d->retired_pending);
     return leave(NVML_SUCCESS);
 }
 
@@ -964,20 +937,20 @@ static nvmlReturn_t link_check(struct nvmlDevice_st *d, unsigned int link) {
 }
 
 NVML_API nvmlReturn_t nvmlDeviceGetNvLinkState(nvmlDevice_t device, unsigned int link,
-                                               unsigned int *active) {
+                                               nvmlEnableState_t *active) {
     DEVICE_CALL(G_NVLINK);
     nvmlReturn_t ret = link_check(d, link);
     if (ret == NVML_SUCCESS && active == NULL) ret = NVML_ERROR_INVALID_ARGUMENT;
-    if (ret == NVML_SUCCESS) *active = d->links[link].active;
+    if (ret == NVML_SUCCESS) *active = enable_state(d->links[link].active);
     return leave(ret);
 }
 
 NVML_API nvmlReturn_t nvmlDeviceGetNvLinkErrorCounter(nvmlDevice_t device, unsigned int link,
-                                                      unsigned int counter,
+                                                      nvmlNvLinkErrorCounter_t counter,
                                                       unsigned long long *value) {
     DEVICE_CALL(G_NVLINK);
     nvmlReturn_t ret = link_check(d, link);
-    if (ret == NVML_SUCCESS && (value == NULL || counter >= L_COUNTERS))
+    if (ret == NVML_SUCCESS && (value == NULL || counter >= FAKE_LINK_COUNTERS))
         ret = NVML_ERROR_INVALID_ARGUMENT;
     if (ret == NVML_SUCCESS) *value = d->links[link].counters[counter];
     return leave(ret);
@@ -995,7 +968,7 @@ NVML_API nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device,
     DEVICE_CALL(G_EVENTS);
     (void)d;
     if (types == NULL) return leave(NVML_ERROR_INVALID_ARGUMENT);
-    *types = NVML_EVENT_TYPE_XID_CRITICAL_ERROR;
+    *types = nvmlEventTypeXidCriticalError;
     return leave(NVML_SUCCESS);
 }
 
@@ -1004,7 +977,7 @@ NVML_API nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
     if (ret == NVML_SUCCESS && set == NULL) ret = NVML_ERROR_INVALID_ARGUMENT;
     if (ret == NVML_SUCCESS) {
         struct nvmlEventSet_st *s = calloc(1, sizeof(*s));
-        if (s == NULL) return leave(20);
+        if (s == NULL) return leave(NVML_ERROR_MEMORY);
         s->generation = generation;
         s->next = event_sets;
         event_sets = s;
@@ -1017,7 +990,7 @@ NVML_API nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned lon
                                                nvmlEventSet_t set) {
     DEVICE_CALL(G_EVENTS);
     if (set == NULL || set->generation != generation) return leave(NVML_ERROR_INVALID_ARGUMENT);
-    if (types & ~NVML_EVENT_TYPE_XID_CRITICAL_ERROR) return leave(NVML_ERROR_NOT_SUPPORTED);
+    if (types & ~nvmlEventTypeXidCriticalError) return leave(NVML_ERROR_NOT_SUPPORTED);
     set->registered[d->index] |= types;
     return leave(NVML_SUCCESS);
 }

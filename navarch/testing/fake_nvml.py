@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib.metadata
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -25,12 +27,14 @@ from navarch.errors import NavarchError
 SCENARIO_ENV = "NAVARCH_FAKE_NVML_SCENARIO"
 LIBRARY_NAME = "libnvidia-ml.so.1"
 SOURCE = Path(__file__).with_name("fake_nvml.c")
+NVML_HEADER_PACKAGE = "nvidia-nvml-dev"
+"""The PyPI package that ships NVIDIA's ``nvml.h``, which the library is compiled against."""
 MAX_GPUS = 16
 MAX_NVLINKS = 36
 
 
 class NvmlReturn(enum.IntEnum):
-    """``nvmlReturn_t`` codes, for ``init_error`` and ``FakeGpu.errors``."""
+    """``nvmlReturn_t`` codes (``NVML_ERROR_<name>``), for ``init_error`` and ``FakeGpu.errors``."""
 
     SUCCESS = 0
     UNINITIALIZED = 1
@@ -52,7 +56,7 @@ class NvmlReturn(enum.IntEnum):
 
 
 class ThrottleReason(enum.IntFlag):
-    """``nvmlClocksThrottleReason*`` bits, for ``FakeGpu.throttle``."""
+    """``nvmlClocksThrottleReason<Name>`` bits, for ``FakeGpu.throttle``."""
 
     GPU_IDLE = 0x1
     APPLICATIONS_CLOCKS_SETTING = 0x2
@@ -125,14 +129,33 @@ class FakeNvmlBuildError(NavarchError):
         self.output = output
 
 
+def nvml_include_dir() -> Path:
+    """The directory that holds NVIDIA's ``nvml.h``, as installed by ``nvidia-nvml-dev``."""
+    try:
+        distribution = importlib.metadata.distribution(NVML_HEADER_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise FakeNvmlBuildError(
+            f"NVIDIA's nvml.h is missing; install {NVML_HEADER_PACKAGE} (navarch's dev extra)"
+        ) from None
+    for file in distribution.files or ():
+        header = Path(str(distribution.locate_file(file)))
+        if file.name == "nvml.h" and header.is_file():
+            return header.parent
+    raise FakeNvmlBuildError(f"{NVML_HEADER_PACKAGE} is installed but its nvml.h is not there")
+
+
 def build(out_dir: Path) -> Path:
     """Compile ``fake_nvml.c`` into ``out_dir/libnvidia-ml.so.1``, unless that is up to date.
 
-    The compiler is ``$CC`` or ``gcc``. The library is written under a temporary name and
-    renamed, so a process that loads it concurrently never maps half a file.
+    The compiler is ``$CC`` or ``gcc``, with ``$CFLAGS`` added; the library is compiled
+    against ``nvml.h`` from ``nvidia-nvml-dev``. It is up to date when newer than both. The
+    library is written under a temporary name and renamed, so a process that loads it
+    concurrently never maps half a file.
     """
+    include = nvml_include_dir()
     target = out_dir / LIBRARY_NAME
-    if target.exists() and target.stat().st_mtime >= SOURCE.stat().st_mtime:
+    newest_input = max(SOURCE.stat().st_mtime, (include / "nvml.h").stat().st_mtime)
+    if target.exists() and target.stat().st_mtime >= newest_input:
         return target
     compiler = os.environ.get("CC", "gcc")
     if shutil.which(compiler) is None:
@@ -146,10 +169,16 @@ def build(out_dir: Path) -> Path:
         "-O2",
         "-Wall",
         "-Wextra",
+        # An exported function without the header's prototype would escape its type check.
+        "-Wmissing-prototypes",
+        # NVIDIA's header is theirs: warn about our code, not about theirs.
+        "-isystem",
+        str(include),
         "-fvisibility=hidden",
         "-shared",
         "-fPIC",
         f"-Wl,-soname,{LIBRARY_NAME}",
+        *shlex.split(os.environ.get("CFLAGS", "")),
         "-o",
         str(partial),
         str(SOURCE),

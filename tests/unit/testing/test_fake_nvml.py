@@ -116,6 +116,65 @@ def test_build_reports_the_compilers_errors(
     assert not (tmp_path / "out" / "libnvidia-ml.so.1").exists()
 
 
+def test_build_without_nvidias_header_package_names_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fake_nvml, "NVML_HEADER_PACKAGE", "navarch-absent-nvml-headers")
+
+    with pytest.raises(FakeNvmlBuildError) as caught:
+        fake_nvml.build(tmp_path)
+    assert "install navarch-absent-nvml-headers" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_library_compiles_against_nvml_h_without_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CFLAGS", "-Werror")
+
+    assert fake_nvml.build(tmp_path).is_file()
+
+
+def altered_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old: str, new: str) -> None:
+    source = fake_nvml.SOURCE.read_text()
+    assert old in source
+    altered = tmp_path / "fake_nvml.c"
+    altered.write_text(source.replace(old, new))
+    monkeypatch.setattr(fake_nvml, "SOURCE", altered)
+
+
+def test_an_exported_function_unlike_nvml_hs_prototype_fails_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    altered_source(
+        tmp_path,
+        monkeypatch,
+        "nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *power)",
+        "nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned long long *power)",
+    )
+
+    # "." for the quotes, which gcc picks by locale.
+    with pytest.raises(
+        FakeNvmlBuildError, match=r"conflicting types for .nvmlDeviceGetPowerUsage."
+    ):
+        fake_nvml.build(tmp_path / "out")
+
+
+def test_an_exported_function_nvml_h_does_not_declare_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    altered_source(
+        tmp_path,
+        monkeypatch,
+        "NVML_API nvmlReturn_t nvmlShutdown(void)",
+        "NVML_API nvmlReturn_t nvmlShutdownNow(void)",
+    )
+    monkeypatch.setenv("CFLAGS", "-Werror")
+
+    with pytest.raises(FakeNvmlBuildError, match=r"no previous prototype for .nvmlShutdownNow."):
+        fake_nvml.build(tmp_path / "out")
+
+
 def test_init_error_in_the_scenario_fails_nvml_init_with_that_code(scenario: Path) -> None:
     write_scenario(scenario, FakeNode(init_error=NvmlReturn.LIB_RM_VERSION_MISMATCH))
 
