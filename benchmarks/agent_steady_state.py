@@ -1,13 +1,16 @@
 """Resident memory and CPU of ``navarch-agent run`` at steady state, on 8 fake GPUs.
 
-Run: python benchmarks/agent_steady_state.py [--seconds 180] [--warmup 20]
+Run: python benchmarks/agent_steady_state.py [--seconds 180] [--warmup 20] [--plain-metrics]
 
 Starts the local control plane (etcd + kube-apiserver), applies the CRDs, creates a Node and
-runs the real agent with default intervals (poll 10 s, heartbeat 30 s) and its metrics server
-on the fake libnvidia-ml.so with 8 healthy GPUs and a kernel-log file. Every second it samples
-the agent's VmRSS and utime+stime from /proc. CPU is averaged over the steady-state window,
-which leaves out the first ``--warmup`` seconds (imports, NVML set-up, the first writes); status
-writes per minute come from the agent's own ``navarch_agent_api_writes_total``.
+runs the real agent with default intervals (poll 10 s, heartbeat 30 s) on the fake
+libnvidia-ml.so with 8 healthy GPUs and a kernel-log file. Its metrics are served as the chart
+serves them, over HTTPS with the chart's generated certificate and behind the token check, and
+scraped every 30 s with a ServiceAccount token, as Prometheus does (``--plain-metrics``: plain
+HTTP without checks, to see what they cost). Every second it samples the agent's VmRSS and
+utime+stime from /proc. CPU is averaged over the steady-state window, which leaves out the first
+``--warmup`` seconds (imports, NVML set-up, the first writes); status writes per minute come
+from the agent's own ``navarch_agent_api_writes_total``.
 
 The fake library's ``nvmlEventSetWait`` cannot block in a driver: it wakes every 20 ms to
 check its scenario file. That cost lands in the agent's process but does not exist on a real
@@ -18,21 +21,27 @@ fake's share. Targets: RSS <= 50 MiB, CPU <= 5 millicores.
 from __future__ import annotations
 
 import argparse
+import base64
+import http.client
 import json
 import os
 import re
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 # Runnable from a checkout, without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from navarch.serving import TlsFiles
 from navarch.testing import fake_nvml
 from navarch.testing.controlplane import (
     REPO_ROOT,
@@ -46,6 +55,10 @@ TARGET_RSS_MIB = 50.0
 TARGET_MILLICORES = 5.0
 GPUS = 8
 NODE = "bench-gpu-node"
+SCRAPE_INTERVAL = 30.0
+"""The chart's ServiceMonitor default."""
+SERVER_NAME = "bench-navarch-agent-metrics.default.svc"
+"""A name the chart's generated certificate carries, for release ``bench``."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # The agent's NVML event thread alone: the same pynvml calls on the same fake library.
@@ -78,21 +91,92 @@ class Samples:
         return (c1 - c0) / (t1 - t0) * 1000
 
 
-def writes(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    match = re.search(r"^navarch_agent_api_writes_total (\S+)$", text, re.MULTILINE)
-    return float(match[1]) if match else 0.0
+@dataclass
+class Scraper:
+    """Reads the agent's metrics as Prometheus does; ``tls`` None: in plain HTTP."""
+
+    port: int
+    tls: TlsFiles | None = None
+    token: str | None = None
+
+    def writes(self) -> float:
+        connection = http.client.HTTPConnection(SERVER_NAME, self.port, timeout=10)
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        if self.tls is None:
+            connection.sock = raw
+        else:
+            context = ssl.create_default_context(cafile=self.tls.cert_file)
+            connection.sock = context.wrap_socket(raw, server_hostname=SERVER_NAME)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            connection.request("GET", "/metrics", headers=headers)
+            response = connection.getresponse()
+            text = response.read().decode()
+        finally:
+            connection.close()
+        if response.status != 200:
+            raise RuntimeError(f"scrape answered {response.status}: {text.strip()}")
+        match = re.search(r"^navarch_agent_api_writes_total (\S+)$", text, re.MULTILINE)
+        return float(match[1]) if match else 0.0
 
 
-def kubectl(plane: ControlPlane, *args: str, stdin: str | None = None) -> None:
-    subprocess.run(
+def kubectl(plane: ControlPlane, *args: str, stdin: str | None = None) -> str:
+    return subprocess.run(
         [binary("kubectl"), "--kubeconfig", str(plane.kubeconfig), *args],
         input=stdin,
         text=True,
         check=True,
         capture_output=True,
+    ).stdout
+
+
+def metrics_setup(
+    plane: ControlPlane, directory: Path, port: int, *, plain: bool
+) -> tuple[Scraper, list[str]]:
+    """How Prometheus will scrape the agent, and the agent's metrics flags for it."""
+    if plain:
+        return Scraper(port), ["--metrics-insecure"]
+    tls, token = metrics_credentials(plane, directory)
+    flags = [f"--metrics-cert-file={tls.cert_file}", f"--metrics-key-file={tls.key_file}"]
+    return Scraper(port, tls, token), flags
+
+
+def metrics_credentials(plane: ControlPlane, directory: Path) -> tuple[TlsFiles, str]:
+    """The chart's generated serving certificate, and the token of a ServiceAccount that may
+    get /metrics, as a Prometheus bound to the chart's metrics-reader ClusterRole holds."""
+    rendered = subprocess.run(
+        [
+            binary("helm"),
+            "template",
+            "bench",
+            str(REPO_ROOT / "charts" / "navarch"),
+            "--show-only",
+            "templates/metrics-auth.yaml",
+            # Any version the chart supports: the certificate does not depend on it.
+            "--kube-version=1.30.0",
+        ],
+        text=True,
+        check=True,
+        capture_output=True,
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    tls = TlsFiles(str(directory / "tls.crt"), str(directory / "tls.key"))
+    for key, path in (("tls.crt", tls.cert_file), ("tls.key", tls.key_file)):
+        Path(path).write_bytes(base64.b64decode(secret["data"][key]))
+    reader = next(d for d in docs if d["kind"] == "ClusterRole")
+    kubectl(plane, "apply", "-f", "-", stdin=json.dumps(reader))
+    kubectl(plane, "create", "serviceaccount", "scraper", "-n", "default")
+    kubectl(
+        plane,
+        "create",
+        "clusterrolebinding",
+        "bench-scraper",
+        f"--clusterrole={reader['metadata']['name']}",
+        "--serviceaccount=default:scraper",
     )
+    token = kubectl(plane, "create", "token", "scraper", "-n", "default", "--duration=1h")
+    return tls, token.strip()
 
 
 def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -123,9 +207,11 @@ def report(
     steady_rss = [value for t, value in samples.rss_mib if t >= steady]
     cpu = samples.millicores(steady)
     fake_share = fake.millicores(steady)
+    metrics = "plain HTTP" if args.plain_metrics else "HTTPS with token checks"
     print(
         f"agent on {GPUS} fake GPUs, default intervals, {args.seconds:.0f} s "
-        f"(steady state after {args.warmup:.0f} s), {os.cpu_count()} CPUs"
+        f"(steady state after {args.warmup:.0f} s), {os.cpu_count()} CPUs, metrics in "
+        f"{metrics} scraped every {SCRAPE_INTERVAL:.0f} s"
     )
     print(
         f"RSS: peak {max(rss):.1f} MiB, mean {sum(steady_rss) / len(steady_rss):.1f} MiB "
@@ -145,6 +231,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=180.0, help="how long the agent runs")
     parser.add_argument("--warmup", type=float, default=20.0, help="left out of the CPU average")
+    parser.add_argument(
+        "--plain-metrics",
+        action="store_true",
+        help="serve metrics in plain HTTP without token checks, to see what those cost",
+    )
     args = parser.parse_args()
     if args.seconds < args.warmup + 30:
         parser.error("--seconds must leave at least 30 s after --warmup")
@@ -171,6 +262,7 @@ def main() -> int:
             "metadata": {"name": NODE, "labels": {"nvidia.com/gpu.count": str(GPUS)}},
         }
         kubectl(plane, "create", "-f", "-", stdin=json.dumps(node))
+        scraper, metrics_flags = metrics_setup(plane, workdir, port, plain=args.plain_metrics)
         agent = start(
             [
                 sys.executable,
@@ -182,6 +274,8 @@ def main() -> int:
                 f"--nvml-library={library}",
                 f"--kmsg-path={kmsg}",
                 f"--metrics-port={port}",
+                *metrics_flags,
+                "--health-port=0",
             ],
             env,
             workdir / "agent.log",
@@ -194,6 +288,7 @@ def main() -> int:
             steady = began + args.warmup
             samples, fake = Samples(agent.pid), Samples(alone.pid)
             writes_at_steady: float | None = None
+            next_scrape = began + SCRAPE_INTERVAL
             while (now := time.monotonic()) < began + args.seconds:
                 if agent.poll() is not None:
                     print((workdir / "agent.log").read_text(), file=sys.stderr)
@@ -202,10 +297,13 @@ def main() -> int:
                 samples.take(now)
                 fake.take(now)
                 if writes_at_steady is None and now >= steady:
-                    writes_at_steady, steady = writes(port), now
+                    writes_at_steady, steady = scraper.writes(), now
+                elif now >= next_scrape:
+                    scraper.writes()
+                    next_scrape += SCRAPE_INTERVAL
                 time.sleep(1.0)
             minutes = (time.monotonic() - steady) / 60
-            writes_per_minute = (writes(port) - (writes_at_steady or 0.0)) / minutes
+            writes_per_minute = (scraper.writes() - (writes_at_steady or 0.0)) / minutes
         finally:
             stop(alone)
             stop(agent)

@@ -200,7 +200,12 @@ class Demo:
         bin_dir = Path(sys.executable).parent
         self.spawn(
             "operator",
-            [str(bin_dir / "navarch-operator"), "--kubeconfig", str(self.plane.kubeconfig)],
+            [
+                str(bin_dir / "navarch-operator"),
+                "--kubeconfig",
+                str(self.plane.kubeconfig),
+                "--metrics-port=0",
+            ],
         )
         scenarios = {}
         for name in NODES:
@@ -222,6 +227,7 @@ class Demo:
                     f"--kmsg-path={kmsg}",
                     "--poll-interval=1",
                     "--metrics-port=0",
+                    "--health-port=0",
                 ],
                 env={fake_nvml.SCENARIO_ENV: str(scenario)},
             )

@@ -18,10 +18,12 @@ from typing import Literal
 from navarch.durations import parse_duration
 from navarch.errors import ConfigError
 from navarch.node_agent.kmsg import DEFAULT_PATH as DEFAULT_KMSG_PATH
+from navarch.serving import TlsFiles, metrics_tls
 
 DEFAULT_POLL_INTERVAL = 10.0
 DEFAULT_HEARTBEAT_INTERVAL = 30.0
 DEFAULT_METRICS_PORT = 9101
+DEFAULT_HEALTH_PORT = 9102
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 ENV_PREFIX = "NAVARCH_AGENT_"
@@ -44,7 +46,11 @@ class AgentConfig:
     """None: the system's libnvidia-ml.so.1, found the normal way."""
     expected_gpus: int | None
     metrics_port: int
-    """0: no metrics or health endpoints."""
+    """0: no metrics endpoint."""
+    metrics_tls: TlsFiles | None
+    """None: metrics in plain HTTP to anyone (``--metrics-insecure``)."""
+    health_port: int
+    """0: no probe endpoints."""
     log_format: Literal["text", "json"]
     log_level: str
 
@@ -97,8 +103,29 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
     parser.add_argument(
         "--metrics-port",
-        help=f"port for /metrics, /healthz and /readyz, 0 for none "
+        help=f"port for /metrics, 0 for none "
         f"(env {ENV_PREFIX}METRICS_PORT; default {DEFAULT_METRICS_PORT})",
+    )
+    parser.add_argument(
+        "--metrics-cert-file",
+        help=f"TLS certificate for /metrics, which then answers only callers whose token "
+        f"may get /metrics (env {ENV_PREFIX}METRICS_CERT_FILE)",
+    )
+    parser.add_argument(
+        "--metrics-key-file",
+        help=f"private key of --metrics-cert-file (env {ENV_PREFIX}METRICS_KEY_FILE)",
+    )
+    parser.add_argument(
+        "--metrics-insecure",
+        action="store_const",
+        const="true",
+        help=f"serve /metrics in plain HTTP to anyone instead (env "
+        f"{ENV_PREFIX}METRICS_INSECURE=true)",
+    )
+    parser.add_argument(
+        "--health-port",
+        help=f"port for the /healthz and /readyz probes in plain HTTP, 0 for none "
+        f"(env {ENV_PREFIX}HEALTH_PORT; default {DEFAULT_HEALTH_PORT})",
     )
     parser.add_argument(
         "--log-format", help=f"text or json (env {ENV_PREFIX}LOG_FORMAT; default text)"
@@ -156,6 +183,8 @@ def run_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
     if kubeconfig is not None and not os.path.isfile(kubeconfig):
         raise ConfigError("--kubeconfig", f"{kubeconfig} does not exist or is not a file")
     port = _integer("--metrics-port", value("metrics-port"), 0, 65535)
+    metrics_port = DEFAULT_METRICS_PORT if port is None else port
+    health_port = _integer("--health-port", value("health-port"), 0, 65535)
     log_format = (value("log-format") or "text").lower()
     if log_format not in ("text", "json"):
         raise ConfigError("--log-format", f"must be text or json, got {log_format!r}")
@@ -164,6 +193,12 @@ def run_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
         raise ConfigError(
             "--log-level", f"must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}"
         )
+    insecure = _boolean("--metrics-insecure", value("metrics-insecure"))
+    tls = (
+        metrics_tls(value("metrics-cert-file"), value("metrics-key-file"), insecure=insecure)
+        if metrics_port
+        else None
+    )
     return AgentConfig(
         node_name=node_name,
         kubeconfig=kubeconfig,
@@ -172,7 +207,9 @@ def run_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
         kmsg_path=sources.kmsg_path,
         nvml_library=sources.nvml_library,
         expected_gpus=sources.expected_gpus,
-        metrics_port=DEFAULT_METRICS_PORT if port is None else port,
+        metrics_port=metrics_port,
+        metrics_tls=tls,
+        health_port=DEFAULT_HEALTH_PORT if health_port is None else health_port,
         log_format="json" if log_format == "json" else "text",
         log_level=log_level,
     )
@@ -201,6 +238,14 @@ def _interval(setting: str, text: str | None, default: float, minimum: float) ->
             setting, f"must be between {minimum:g}s and {_MAX_INTERVAL:g}s, got {text!r}"
         )
     return seconds
+
+
+def _boolean(setting: str, text: str | None) -> bool:
+    if text is None or text.lower() == "false":
+        return False
+    if text.lower() == "true":
+        return True
+    raise ConfigError(setting, f"must be true or false, got {text!r}")
 
 
 def _integer(setting: str, text: str | None, minimum: int, maximum: int) -> int | None:

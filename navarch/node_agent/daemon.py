@@ -31,13 +31,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from navarch import __version__, api
-from navarch.errors import ApiError, ConfigError, InvalidObjectError
+from navarch.errors import ApiError, InvalidObjectError
+from navarch.metrics_auth import RequestAuth
 from navarch.node_agent import host
 from navarch.node_agent.backoff import Backoff
 from navarch.node_agent.config import AgentConfig
 from navarch.node_agent.kmsg import KmsgWatcher
-from navarch.node_agent.kube import KubeClient, in_cluster, load_kubeconfig
-from navarch.node_agent.metrics import AgentMetrics, HealthServer
+from navarch.node_agent.kube import Credentials, KubeClient, in_cluster, load_kubeconfig
+from navarch.node_agent.metrics import AgentMetrics
 from navarch.node_agent.node_state import NodeState
 from navarch.node_agent.nvml import NvmlCollector, NvmlSession, NvmlXidWatcher
 from navarch.node_agent.observation import GpuCollector, NvmlSnapshot, XidEvent, XidWatcher
@@ -49,6 +50,7 @@ from navarch.node_agent.status import (
 )
 from navarch.node_agent.writer import StatusWriter
 from navarch.node_agent.xid_store import Outcome
+from navarch.serving import EndpointServer, ServingCertificate, listen, metrics_route, probe_route
 from navarch.wire import from_wire
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ MIN_WRITE_INTERVAL = 0.25
 """Bounds the write rate in an XID flood; a new XID still reaches the API well under 1 s."""
 SHUTDOWN_GRACE = 4.0
 ALIVE_TIMEOUT = 60.0
+METRICS_REVIEW_TIMEOUT = 4.0
+"""A scrape may need two reviews, and Prometheus gives up on a scrape after 10 s by default."""
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
@@ -358,6 +362,34 @@ def _close(watcher: XidWatcher, name: str) -> None:
         log.exception("closing the %s source failed", name)
 
 
+def _serve_endpoints(
+    config: AgentConfig, credentials: Credentials, metrics: AgentMetrics, agent: Agent
+) -> list[EndpointServer]:
+    servers = []
+    if config.health_port:
+        probes = {"/healthz": probe_route(agent.alive), "/readyz": probe_route(agent.ready)}
+        servers.append(listen(config.health_port, probes, name="probes", flag="--health-port"))
+    if config.metrics_port:
+        certificate = auth = None
+        if config.metrics_tls is not None:
+            certificate = ServingCertificate(config.metrics_tls)
+            # Its own client, so a review never waits behind a status write or holds one up;
+            # RequestAuth makes one review at a time, as the client wants.
+            auth = RequestAuth(KubeClient(credentials, read_timeout=METRICS_REVIEW_TIMEOUT))
+        routes = {"/metrics": metrics_route(metrics.registry)}
+        servers.append(
+            listen(
+                config.metrics_port,
+                routes,
+                name="metrics",
+                flag="--metrics-port",
+                certificate=certificate,
+                auth=auth,
+            )
+        )
+    return servers
+
+
 def serve(config: AgentConfig) -> int:
     """Runs the agent until SIGTERM or SIGINT. Raises ConfigError for unusable settings."""
     credentials = load_kubeconfig(config.kubeconfig) if config.kubeconfig else in_cluster()
@@ -388,17 +420,7 @@ def serve(config: AgentConfig) -> int:
         metrics=metrics,
         stop=stop,
     )
-    server = None
-    if config.metrics_port:
-        try:
-            server = HealthServer(
-                config.metrics_port, metrics.registry, alive=agent.alive, ready=agent.ready
-            )
-        except OSError as e:
-            raise ConfigError(
-                "--metrics-port", f"cannot listen on port {config.metrics_port}: {e.strerror or e}"
-            ) from None
-        server.start()
+    servers = _serve_endpoints(config, credentials, metrics, agent)
     log.info(
         "navarch-agent %s starting for node %s (poll %gs, heartbeat %gs)",
         __version__,
@@ -413,7 +435,7 @@ def serve(config: AgentConfig) -> int:
     stop.set()
     clean = agent.join()
     log.debug("threads ended after %.2fs", time.monotonic() - began)
-    if server is not None:
+    for server in servers:
         server.stop()
     if clean:
         # Only when no thread can still be inside an NVML call.

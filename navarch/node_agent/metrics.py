@@ -1,4 +1,4 @@
-"""The agent's Prometheus metrics and its /metrics, /healthz and /readyz endpoints.
+"""The agent's Prometheus metrics, served on ``--metrics-port`` (see ``navarch.serving``).
 
 Metrics (all prefixed ``navarch_agent_``):
 
@@ -17,21 +17,12 @@ Metrics (all prefixed ``navarch_agent_``):
 from __future__ import annotations
 
 import contextlib
-import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from navarch.api import GpuStatus
-
-log = logging.getLogger(__name__)
-
-Check = Callable[[], tuple[bool, str]]
-"""Whether something holds, and a line saying why (or why not)."""
 
 
 class AgentMetrics:
@@ -121,52 +112,3 @@ def _set(gauge: Gauge, labels: tuple[str, str], value: float | None) -> None:
             gauge.remove(*labels)
     else:
         gauge.labels(*labels).set(value)
-
-
-class HealthServer:
-    """Serves /metrics, /healthz (alive) and /readyz (ready) on ``port``, in its own thread."""
-
-    def __init__(
-        self, port: int, registry: CollectorRegistry, *, alive: Check, ready: Check
-    ) -> None:
-        routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
-            "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest(registry)),
-            "/healthz": lambda: _probe(alive),
-            "/readyz": lambda: _probe(ready),
-        }
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                route = routes.get(self.path.split("?", 1)[0])
-                code, content_type, body = route() if route else (404, "text/plain", b"")
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                log.debug("metrics: " + format, *args)
-
-        self._server = ThreadingHTTPServer(("", port), Handler)
-        self._server.daemon_threads = True
-        # The poll interval only bounds how long ``stop`` waits; a short one costs wake-ups.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(1.0,), name="metrics", daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-def _probe(check: Check) -> tuple[int, str, bytes]:
-    ok, why = check()
-    return (200 if ok else 503), "text/plain; charset=utf-8", (why + "\n").encode()

@@ -13,7 +13,7 @@ import sys
 
 import kopf
 
-from navarch import __version__
+from navarch import __version__, serving
 from navarch.errors import ConfigError
 from navarch.operator import handlers, kube, memory, metrics
 
@@ -59,6 +59,18 @@ def parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_METRICS_PORT})",
     )
     p.add_argument(
+        "--metrics-cert-file",
+        metavar="PATH",
+        help="TLS certificate for /metrics, which then answers only callers whose token may "
+        "get /metrics (checked with TokenReview and SubjectAccessReview)",
+    )
+    p.add_argument("--metrics-key-file", metavar="PATH", help="private key of --metrics-cert-file")
+    p.add_argument(
+        "--metrics-insecure",
+        action="store_true",
+        help="serve /metrics in plain HTTP to anyone instead",
+    )
+    p.add_argument(
         "--health-port",
         type=port,
         default=DEFAULT_HEALTH_PORT,
@@ -92,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     try:
+        tls = None
+        if args.metrics_port:
+            tls = serving.metrics_tls(
+                args.metrics_cert_file, args.metrics_key_file, insecure=args.metrics_insecure
+            )
         configuration = kube.load_configuration(args.kubeconfig)
     except ConfigError as err:
         p.error(str(err))
@@ -102,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         # kopf logs every handled watch event; at fleet scale that drowns Navarch's own log.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    try:
-        metrics.serve(args.metrics_port)
-    except OSError as err:
-        p.error(f"--metrics-port {args.metrics_port}: {err}")
+    if args.metrics_port:
+        try:
+            metrics.serve(args.metrics_port, tls, configuration)
+        except ConfigError as err:
+            p.error(str(err))
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     log.info("navarch-operator %s starting", __version__)
     kopf.run(

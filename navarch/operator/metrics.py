@@ -1,8 +1,17 @@
-"""Prometheus metrics of the operator, served on ``--metrics-port``."""
+"""Prometheus metrics of the operator, served on ``--metrics-port`` (see ``navarch.serving``)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import json
+from typing import Any
+
+import urllib3
+from kubernetes import client
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+from navarch.errors import ApiError
+from navarch.metrics_auth import RequestAuth
+from navarch.serving import ServingCertificate, TlsFiles, listen, metrics_route
 
 NODES = Gauge(
     "navarch_nodes",
@@ -47,7 +56,49 @@ API_ERRORS = Counter(
 )
 
 
-def serve(port: int) -> None:
-    """Serve /metrics on ``port`` from a daemon thread; 0 turns it off."""
-    if port:
-        start_http_server(port)
+REVIEW_TIMEOUT = urllib3.Timeout(connect=5, read=4)
+"""A scrape may need two reviews within the 10 s Prometheus waits for it by default."""
+
+
+class ApiReviews:
+    """Creates review objects with the operator's client configuration (kubeconfig or
+    in-cluster, with its token refresh), from the metrics server's threads."""
+
+    def __init__(self, configuration: client.Configuration) -> None:
+        self._configuration = configuration
+        self._url = configuration.host.rstrip("/")
+        self._http: urllib3.PoolManager = client.ApiClient(configuration).rest_client.pool_manager
+
+    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        # Asked for on every call: it runs the configuration's token refresh.
+        token = self._configuration.auth_settings().get("BearerToken")
+        if token:
+            headers[token["key"]] = str(token["value"])
+        try:
+            response = self._http.request(
+                "POST",
+                self._url + path,
+                body=json.dumps(body),
+                headers=headers,
+                timeout=REVIEW_TIMEOUT,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise ApiError(None, str(e)) from None
+        try:
+            answer = json.loads(response.data)
+        except ValueError:
+            answer = None
+        if not 200 <= response.status < 300 or not isinstance(answer, dict):
+            message = answer.get("message") if isinstance(answer, dict) else None
+            raise ApiError(response.status, str(message or response.reason))
+        return answer
+
+
+def serve(port: int, tls: TlsFiles | None, configuration: client.Configuration) -> None:
+    """Serve /metrics on ``port`` from a daemon thread, over HTTPS to authorised callers when
+    ``tls`` is given. Raises ConfigError."""
+    certificate = ServingCertificate(tls) if tls else None
+    auth = RequestAuth(ApiReviews(configuration)) if tls else None
+    routes = {"/metrics": metrics_route(REGISTRY)}
+    listen(port, routes, name="metrics", flag="--metrics-port", certificate=certificate, auth=auth)

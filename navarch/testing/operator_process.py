@@ -15,16 +15,26 @@ import time
 import urllib.request
 from pathlib import Path
 
+from navarch.serving import TlsFiles
 from navarch.testing.controlplane import die_with_parent, free_port
 
 START_TIMEOUT = 60.0
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log_path: Path, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        workers: int | None = None,
+        metrics_tls: TlsFiles | None = None,
+    ) -> None:
+        """``metrics_tls``: serve metrics over HTTPS to authorised callers, as the chart does;
+        without it, in plain HTTP."""
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.workers = workers
+        self.metrics_tls = metrics_tls
         self.process: subprocess.Popen[bytes] | None = None
         self.health_port = 0
         self.metrics_port = 0
@@ -48,6 +58,13 @@ class OperatorProcess:
             "--health-port",
             str(self.health_port),
         ]
+        if self.metrics_tls is None:
+            argv.append("--metrics-insecure")
+        else:
+            argv += [
+                f"--metrics-cert-file={self.metrics_tls.cert_file}",
+                f"--metrics-key-file={self.metrics_tls.key_file}",
+            ]
         if self.workers is not None:
             argv += ["--workers", str(self.workers)]
         with self.log_path.open("ab") as log:

@@ -74,6 +74,7 @@ class AgentRun:
             "--poll-interval=0.5",
             f"--heartbeat-interval={HEARTBEAT}",
             "--metrics-port=0",
+            "--health-port=0",
             "--log-level=debug",
             *extra,
         ]

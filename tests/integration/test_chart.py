@@ -15,7 +15,17 @@ import yaml
 
 from navarch.operator.defaults import default_policy_object
 
-from .chart import CHART, KUBE_VERSION, find, installed, render, render_error
+from .chart import (
+    CHART,
+    KUBE_VERSION,
+    METRICS_TLS_ARGS,
+    METRICS_TLS_MOUNT,
+    METRICS_TLS_VOLUME,
+    find,
+    installed,
+    render,
+    render_error,
+)
 from .cluster import Cluster
 
 CHART_DIR = Path(CHART)
@@ -110,11 +120,16 @@ def test_agent_daemonset_runs_restricted_except_for_reading_the_kernel_log(
     assert container["args"] == [
         "--kmsg-path=/dev/kmsg",
         "--metrics-port=9101",
+        *METRICS_TLS_ARGS,
+        "--health-port=9102",
         "--log-format=json",
     ]
-    assert container["ports"] == [{"name": "metrics", "containerPort": 9101, "protocol": "TCP"}]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["ports"] == [
+        {"name": "metrics", "containerPort": 9101, "protocol": "TCP"},
+        {"name": "health", "containerPort": 9102, "protocol": "TCP"},
+    ]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert container["resources"] == {
         "requests": {"cpu": "10m", "memory": "64Mi"},
         "limits": {"memory": "128Mi"},
@@ -149,6 +164,8 @@ def test_agent_options_render_into_the_pod(cluster: Cluster) -> None:
     assert pod["containers"][0]["args"] == [
         "--kmsg-path=/dev/kmsg",
         "--metrics-port=9101",
+        *METRICS_TLS_ARGS,
+        "--health-port=9102",
         "--log-format=text",
         "--poll-interval=5s",
         "--heartbeat-interval=30s",
@@ -187,18 +204,27 @@ def test_operator_is_a_single_non_root_instance_with_a_read_only_root(cluster: C
         "runAsNonRoot": True,
         "runAsUser": 65532,
         "runAsGroup": 65532,
+        "fsGroup": 65532,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     (container,) = pod["containers"]
     assert container["command"] == ["navarch-operator"]
-    assert container["args"] == ["--metrics-port=8080", "--health-port=8081", "--log-format=json"]
+    assert container["args"] == [
+        "--metrics-port=8080",
+        *METRICS_TLS_ARGS,
+        "--health-port=8081",
+        "--log-format=json",
+    ]
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
     }
-    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
-    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}, METRICS_TLS_MOUNT]
+    assert pod["volumes"] == [
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        METRICS_TLS_VOLUME,
+    ]
     assert container["ports"] == [
         {"name": "metrics", "containerPort": 8080, "protocol": "TCP"},
         {"name": "health", "containerPort": 8081, "protocol": "TCP"},
@@ -225,6 +251,7 @@ def test_peering_adds_the_flag_the_peering_object_and_its_rbac(cluster: Cluster)
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == [
         "--metrics-port=8080",
+        *METRICS_TLS_ARGS,
         "--health-port=8081",
         "--log-format=json",
         "--peering=nv-navarch",

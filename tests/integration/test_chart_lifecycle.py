@@ -57,6 +57,7 @@ def test_install_upgrade_uninstall(crds: Cluster) -> None:
             [
                 f"clusterrole.{rbac}/{agent}",
                 f"clusterrole.{rbac}/{operator}",
+                f"clusterrole.{rbac}/{release.fullname}-metrics-reader",
                 f"clusterrolebinding.{rbac}/{agent}",
                 f"clusterrolebinding.{rbac}/{operator}",
                 f"validatingadmissionpolicy.{admission}/{agent}-node-scope",

@@ -30,6 +30,39 @@
 {{- .Values.operator.peering.name | default (include "navarch.fullname" .) -}}
 {{- end -}}
 
+{{/* The Secret with the metrics serving certificate: the user's, or the one the chart generates. */}}
+{{- define "navarch.metricsTlsSecret" -}}
+{{- .Values.metrics.tls.secretName | default (printf "%s-metrics-tls" (include "navarch.fullname" . | trunc 51 | trimSuffix "-")) -}}
+{{- end -}}
+
+{{/* The DNS name of a component's metrics Service, which its certificate must carry. */}}
+{{- define "navarch.metricsServiceHost" -}}
+{{- printf "%s-metrics.%s.svc" (include (printf "navarch.%sName" .component) .root) .root.Release.Namespace -}}
+{{- end -}}
+
+{{/* Flags, mount and volume that give a component its metrics certificate (or plain HTTP). */}}
+{{- define "navarch.metricsTlsArgs" -}}
+{{- if .Values.metrics.secure -}}
+- --metrics-cert-file=/etc/navarch/metrics-tls/tls.crt
+- --metrics-key-file=/etc/navarch/metrics-tls/tls.key
+{{- else -}}
+- --metrics-insecure
+{{- end -}}
+{{- end -}}
+
+{{- define "navarch.metricsTlsMount" -}}
+- name: metrics-tls
+  mountPath: /etc/navarch/metrics-tls
+  readOnly: true
+{{- end -}}
+
+{{- define "navarch.metricsTlsVolume" -}}
+- name: metrics-tls
+  secret:
+    secretName: {{ include "navarch.metricsTlsSecret" . }}
+    defaultMode: 0440
+{{- end -}}
+
 {{- define "navarch.labels" -}}
 app.kubernetes.io/name: {{ include "navarch.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -64,6 +97,9 @@ both components outside the cluster); with the policy off too it would install n
 {{- end -}}
 {{- if and $v.operator.enabled $v.operator.peering.enabled (not (.Capabilities.APIVersions.Has "kopf.dev/v1/ClusterKopfPeering")) -}}
 {{- fail "navarch: operator.peering.enabled=true needs kopf's ClusterKopfPeering CRD (clusterkopfpeerings.kopf.dev), which this chart does not install; apply kopf's peering.yaml first (README, \"Operate\"), or for `helm template` pass --api-versions kopf.dev/v1/ClusterKopfPeering" -}}
+{{- end -}}
+{{- if and $v.metrics.networkPolicy.enabled (not $v.metrics.networkPolicy.from) -}}
+{{- fail "navarch: metrics.networkPolicy.enabled=true needs at least one peer in metrics.networkPolicy.from (e.g. the namespace of your Prometheus); a policy without peers would admit every scraper" -}}
 {{- end -}}
 {{- if and $v.serviceMonitor.enabled (not (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor")) -}}
 {{- fail "navarch: serviceMonitor.enabled=true needs the Prometheus Operator's ServiceMonitor CRD (monitoring.coreos.com/v1), which this cluster does not serve; install the Prometheus Operator first, or for `helm template` pass --api-versions monitoring.coreos.com/v1/ServiceMonitor" -}}

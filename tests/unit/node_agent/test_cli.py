@@ -11,14 +11,17 @@ import pytest
 import yaml
 
 from navarch import api
+from navarch.errors import ConfigError
 from navarch.node_agent import cli
 from navarch.node_agent.config import (
+    DEFAULT_HEALTH_PORT,
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_METRICS_PORT,
     DEFAULT_POLL_INTERVAL,
     AgentConfig,
     run_config,
 )
+from navarch.serving import TlsFiles
 from navarch.testing.fake_nvml import FakeGpu, FakeNode, NvmlReturn, write_scenario
 
 NOT_IN_A_POD = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "NODE_NAME")
@@ -59,7 +62,9 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
         (["--node-name", "n1", "--log-level", "loud"], "must be one of debug, info"),
         (["--node-name", "n1", "--kubeconfig", "/nonexistent"], "/nonexistent does not exist"),
         (["--node-name", "n1", "--nvml-library", "/nonexistent.so"], "does not exist"),
-        (["--node-name", "n1"], "not running in a pod"),
+        (["--node-name", "n1", "--metrics-insecure"], "not running in a pod"),
+        (["--node-name", "n1"], "invalid --metrics-cert-file: metrics are served over HTTPS"),
+        (["--node-name", "n1", "--health-port", "-1"], "must be between 0 and 65535"),
         (["--node-name", "n1", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     ],
 )
@@ -79,7 +84,9 @@ def test_an_unusable_kubeconfig_exits_2(capsys: pytest.CaptureFixture[str], tmp_
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text("current-context: nowhere\n")
 
-    code, _, err = run_cli(capsys, "run", "--node-name", "n1", "--kubeconfig", str(kubeconfig))
+    code, _, err = run_cli(
+        capsys, "run", "--node-name", "n1", "--metrics-insecure", "--kubeconfig", str(kubeconfig)
+    )
 
     assert code == 2
     assert "no entry named 'nowhere'" in err
@@ -99,8 +106,14 @@ def args(**flags: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_defaults_and_the_node_name_from_the_downward_api() -> None:
-    config = run_config(args(), {"NODE_NAME": "gpu-node-1", "KUBERNETES_SERVICE_HOST": "x"})
+def test_defaults_and_the_node_name_from_the_downward_api(tmp_path: Path) -> None:
+    tls = TlsFiles(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))
+    Path(tls.cert_file).touch()
+    Path(tls.key_file).touch()
+    config = run_config(
+        args(metrics_cert_file=tls.cert_file, metrics_key_file=tls.key_file),
+        {"NODE_NAME": "gpu-node-1", "KUBERNETES_SERVICE_HOST": "x"},
+    )
 
     assert config == AgentConfig(
         node_name="gpu-node-1",
@@ -111,6 +124,8 @@ def test_defaults_and_the_node_name_from_the_downward_api() -> None:
         nvml_library=None,
         expected_gpus=None,
         metrics_port=DEFAULT_METRICS_PORT,
+        metrics_tls=tls,
+        health_port=DEFAULT_HEALTH_PORT,
         log_format="text",
         log_level="info",
     )
@@ -122,6 +137,7 @@ def test_flags_win_over_environment_variables() -> None:
         "NAVARCH_AGENT_POLL_INTERVAL": "5",
         "NAVARCH_AGENT_HEARTBEAT_INTERVAL": "1m",
         "NAVARCH_AGENT_METRICS_PORT": "0",
+        "NAVARCH_AGENT_HEALTH_PORT": "0",
         "NAVARCH_AGENT_LOG_FORMAT": "json",
     }
 
@@ -129,7 +145,23 @@ def test_flags_win_over_environment_variables() -> None:
 
     assert config.node_name == "from-flag"
     assert (config.poll_interval, config.heartbeat_interval) == (2.5, 60.0)
-    assert (config.metrics_port, config.log_format) == (0, "json")
+    assert (config.metrics_port, config.health_port, config.log_format) == (0, 0, "json")
+
+
+@pytest.mark.parametrize("value", ["true", "TRUE"])
+def test_plain_metrics_from_the_environment(value: str) -> None:
+    env = {"NODE_NAME": "n1", "NAVARCH_AGENT_METRICS_INSECURE": value}
+
+    config = run_config(args(), env)
+
+    assert (config.metrics_port, config.metrics_tls) == (DEFAULT_METRICS_PORT, None)
+
+
+def test_a_metrics_switch_that_is_not_a_boolean_is_refused() -> None:
+    env = {"NODE_NAME": "n1", "NAVARCH_AGENT_METRICS_INSECURE": "yes"}
+
+    with pytest.raises(ConfigError, match="invalid --metrics-insecure: must be true or false"):
+        run_config(args(), env)
 
 
 # --- snapshot ------------------------------------------------------------------------------

@@ -141,6 +141,8 @@ class Running:
             nvml_library=None,
             expected_gpus=None,
             metrics_port=0,
+            metrics_tls=None,
+            health_port=0,
             log_format="text",
             log_level="debug",
         )

@@ -1,15 +1,12 @@
-"""The agent's metrics and its /metrics, /healthz and /readyz endpoints."""
+"""The agent's metrics."""
 
 from __future__ import annotations
-
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 
 import pytest
 
 from navarch.api import EccCounters, GpuStatus, RowRemapping
-from navarch.node_agent.metrics import AgentMetrics, HealthServer
+from navarch.node_agent.metrics import AgentMetrics
+from navarch.serving import metrics_route
 
 
 class Clock:
@@ -17,14 +14,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 @pytest.fixture
@@ -37,38 +26,19 @@ def metrics(clock: Clock) -> AgentMetrics:
     return AgentMetrics(clock)
 
 
-@pytest.fixture
-def server(metrics: AgentMetrics) -> Iterator[tuple[HealthServer, list[bool]]]:
-    ready = [False]
-    health = HealthServer(
-        0,
-        metrics.registry,
-        alive=lambda: (True, "ok"),
-        ready=lambda: (ready[0], "ok" if ready[0] else "no status written yet"),
-    )
-    health.start()
-    yield health, ready
-    health.stop()
-
-
-def test_endpoints(metrics: AgentMetrics, server: tuple[HealthServer, list[bool]]) -> None:
-    health, ready = server
-    base = f"http://127.0.0.1:{health.port}"
+def test_metrics_page(metrics: AgentMetrics) -> None:
     metrics.counted_xid(79, "RESTART_BM")
     metrics.write_failed(503)
     metrics.write_failed(None)
 
-    code, text = get(f"{base}/metrics")
+    code, _, body = metrics_route(metrics.registry)()
+
+    text = body.decode()
     assert code == 200
     assert 'navarch_agent_xids_total{action="RESTART_BM",code="79"} 1.0' in text
     assert 'navarch_agent_api_write_failures_total{reason="503"} 1.0' in text
     assert 'navarch_agent_api_write_failures_total{reason="unreachable"} 1.0' in text
     assert "_created" not in text
-    assert get(f"{base}/healthz") == (200, "ok\n")
-    assert get(f"{base}/readyz") == (503, "no status written yet\n")
-    ready[0] = True
-    assert get(f"{base}/readyz") == (200, "ok\n")
-    assert get(f"{base}/nothing")[0] == 404
 
 
 def test_gpu_gauges_follow_the_gpus(metrics: AgentMetrics) -> None:

@@ -13,9 +13,15 @@ from navarch.operator import cli
     ("argv", "message"),
     [
         (["--metrics-port", "70000"], "--metrics-port"),
+        ([], "invalid --metrics-cert-file: metrics are served over HTTPS"),
+        (["--metrics-cert-file", "/tls.crt"], "invalid --metrics-key-file"),
+        (
+            ["--metrics-insecure", "--metrics-key-file", "/tls.key"],
+            "invalid --metrics-insecure: it serves plain HTTP",
+        ),
         (["--workers", "0"], "--workers"),
         (["--log-format", "xml"], "--log-format"),
-        (["--kubeconfig", "/nonexistent/kubeconfig"], "invalid --kubeconfig"),
+        (["--metrics-insecure", "--kubeconfig", "/nonexistent"], "invalid --kubeconfig"),
         (["--bogus"], "unrecognized arguments"),
     ],
 )
@@ -36,6 +42,6 @@ def test_a_kubeconfig_that_is_not_one_is_rejected(
     path = tmp_path / "kubeconfig"
     path.write_text("not: [a kubeconfig")
     with pytest.raises(SystemExit) as stop:
-        cli.main(["--kubeconfig", str(path)])
+        cli.main(["--metrics-port=0", "--kubeconfig", str(path)])
     assert stop.value.code == 2
     assert "invalid --kubeconfig" in capsys.readouterr().err
