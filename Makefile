@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## Build kube-apiserver, etcd, kubectl and helm from their pinned Go modules (cached).
+## Build kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, etcd, helm and KWOK
+## from their pinned Go modules (cached).
 testenv:
 	hack/build-controlplane.sh
 
