@@ -11,7 +11,9 @@ are the server's own costs, the floor under any fault-to-taint latency on the sa
 - the same write carrying only a new heartbeat time (the server still handles the whole object);
 - the operator's taint: a merge patch of a Node's taints and annotations;
 - the operator's GpuHealthy condition: a strategic merge patch of a Node's status;
-- an Event.
+- an Event;
+- the TokenReview and the SubjectAccessReview the agent and the operator send when a scraper's
+  answer is not cached (nothing is stored).
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from navarch import api
+from navarch.metrics_auth import (
+    ACCESS_REVIEWS,
+    TOKEN_REVIEWS,
+    access_review,
+    identity_of,
+    token_review,
+)
 from navarch.node_agent.kube import KubeClient, load_kubeconfig
 from navarch.node_agent.status import merge_patch
 from navarch.node_agent.writer import GNH_COLLECTION, NODE_COLLECTION, StatusWriter
@@ -97,6 +106,18 @@ def main() -> int:
                 },
             )
 
+        account = "/api/v1/namespaces/default/serviceaccounts"
+        client.create(account, {"metadata": {"name": "scraper"}})
+        token = client.create(f"{account}/scraper/token", {"spec": {}})["status"]["token"]
+        user = identity_of(client.create(TOKEN_REVIEWS, token_review(token))["status"]).user
+        assert user is not None
+
+        def authentication(_: int) -> None:
+            client.create(TOKEN_REVIEWS, token_review(token))
+
+        def authorization(_: int) -> None:
+            client.create(ACCESS_REVIEWS, access_review(user, "get", "/metrics"))
+
         names = itertools.count()
 
         def event(_: int) -> None:
@@ -120,6 +141,8 @@ def main() -> int:
             ("Node taint (merge patch)", taint),
             ("Node GpuHealthy condition (status patch)", condition),
             ("Event", event),
+            ("metrics TokenReview (ServiceAccount token)", authentication),
+            ("metrics SubjectAccessReview (RBAC)", authorization),
         ):
             started = time.monotonic()
             cost = measure(pid, args.requests, call)
