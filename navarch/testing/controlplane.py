@@ -108,6 +108,10 @@ class Pki:
         self._save("ca", ca_cert, ca_key)
         self._leaf("apiserver", "kube-apiserver", [], ca_cert, ca_key, server=True)
         self._leaf("admin", "navarch-admin", ["system:masters"], ca_cert, ca_key, server=False)
+        # The users Kubernetes' bootstrap RBAC grants the scheduler's and the controller
+        # manager's rights to, for the workload plane (workloads.py).
+        for component in ("kube-scheduler", "kube-controller-manager"):
+            self._leaf(component, f"system:{component}", [], ca_cert, ca_key, server=False)
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         (self.directory / "sa.key").write_bytes(
             sa_key.private_bytes(
@@ -285,18 +289,21 @@ class ControlPlane:
         ):
             subprocess.run([*kubectl, *step], check=True, capture_output=True)
 
-    def write_kubeconfig(self) -> None:
+    def write_kubeconfig(self, user: str = "admin") -> Path:
+        """Write the kubeconfig of ``user`` (a client certificate in the PKI) and return it."""
         pki = self.pki
-        self.kubeconfig.write_text(
+        path = self.kubeconfig if user == "admin" else self.workdir / f"{user}.kubeconfig"
+        path.write_text(
             "apiVersion: v1\nkind: Config\n"
             "clusters:\n- name: local\n  cluster:\n"
             f"    server: {self.server}\n    certificate-authority: {pki.path('ca.crt')}\n"
             "users:\n- name: admin\n  user:\n"
-            f"    client-certificate: {pki.path('admin.crt')}\n"
-            f"    client-key: {pki.path('admin.key')}\n"
+            f"    client-certificate: {pki.path(f'{user}.crt')}\n"
+            f"    client-key: {pki.path(f'{user}.key')}\n"
             "contexts:\n- name: local\n  context:\n    cluster: local\n    user: admin\n"
             "current-context: local\n"
         )
+        return path
 
     def logs(self, lines: int = 60) -> str:
         out = []
