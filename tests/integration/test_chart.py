@@ -236,6 +236,31 @@ def test_operator_is_a_single_non_root_instance_with_a_read_only_root(cluster: C
     assert not [d for d in docs if d["kind"] == "ClusterKopfPeering"]
 
 
+def test_operator_tolerates_noexecute_quarantine_and_prefers_nodes_without_gpus(
+    cluster: Cluster,
+) -> None:
+    docs = render(cluster, "--set-json", 'admission.operatorTaintKeys=["example.com/gpu-bad"]')
+    pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [
+        {"key": "navarch.dev/gpu-unhealthy", "operator": "Exists", "effect": "NoExecute"},
+        {"key": "example.com/gpu-bad", "operator": "Exists", "effect": "NoExecute"},
+    ]
+    assert pod["affinity"]["nodeAffinity"] == {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 100,
+                "preference": {
+                    "matchExpressions": [
+                        {"key": "nvidia.com/gpu.present", "operator": "NotIn", "values": ["true"]}
+                    ]
+                },
+            }
+        ]
+    }
+    dropped = render(cluster, "--set-json", "operator.affinity.nodeAffinity=null")
+    assert "affinity" not in find(dropped, "Deployment")["spec"]["template"]["spec"]
+
+
 def test_peering_adds_the_flag_the_peering_object_and_its_rbac(cluster: Cluster) -> None:
     docs = render(
         cluster,
