@@ -229,6 +229,24 @@ def test_the_network_policy_admits_only_the_chosen_scrapers(cluster: Cluster) ->
     assert "needs at least one peer in metrics.networkPolicy.from" in error
 
 
+def notes(cluster: Cluster, *values: str) -> str:
+    result = cluster.helm(
+        "install", "nv", CHART, "--dry-run=server", "--namespace", "gpu-health", *values
+    )
+    return result.stdout.split("NOTES:", 1)[1]
+
+
+def test_the_notes_say_how_to_let_prometheus_in_until_a_reader_is_named(crds: Cluster) -> None:
+    command = (
+        "kubectl create clusterrolebinding nv-navarch-metrics-reader "
+        "--clusterrole=nv-navarch-metrics-reader --serviceaccount=NAMESPACE:SERVICEACCOUNT"
+    )
+    assert command in notes(crds)
+    reader = {"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"}
+    named = notes(crds, "--set-json", f"metrics.readers=[{json.dumps(reader)}]")
+    assert "metrics-reader" not in named
+
+
 # --- on the API server ------------------------------------------------------------------------
 
 
@@ -245,6 +263,8 @@ class Endpoint:
 class Setup:
     release: Release
     tls: TlsFiles
+    installed_certificate: dict[str, str]
+    """The generated Secret's data before ``helm upgrade``."""
     scraper: str
     """Pod-bound token of a ServiceAccount bound to metrics-reader through metrics.readers."""
     nosy: str
@@ -344,8 +364,6 @@ def setup(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
                 "--set-json",
                 f"metrics.readers=[{json.dumps(reader)}]",
             )
-            # Upgrades keep the certificate that scrapers already trust.
-            assert installed_secret(crds, release) == generated
             tls = secret_files(crds, release, workdir / "tls")
 
             def service_name(component: str) -> str:
@@ -368,6 +386,7 @@ def setup(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             yield Setup(
                 release=release,
                 tls=tls,
+                installed_certificate=generated,
                 scraper=pod_bound_token(crds, release, "scraper", node),
                 nosy=pod_bound_token(crds, release, "nosy", node),
                 agent=Endpoint(agent_ports[0], service_name("agent")),
@@ -440,3 +459,7 @@ def test_health_probes_answer_without_a_token(setup: Setup) -> None:
     eventually(lambda: probe(setup.agent_health, "/readyz") == 200, timeout=60)
     assert probe(setup.agent_health, "/healthz") == 200
     assert probe(setup.operator_health, "/healthz") == 200
+
+
+def test_an_upgrade_keeps_the_generated_certificate(crds: Cluster, setup: Setup) -> None:
+    assert installed_secret(crds, setup.release) == setup.installed_certificate
