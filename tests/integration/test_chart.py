@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from navarch import api
 from navarch.operator.defaults import default_policy_object
 
 from .chart import (
@@ -339,23 +340,58 @@ def test_service_monitors_are_optional(cluster: Cluster) -> None:
         )
 
 
-def test_admission_policy_matches_only_this_releases_agent(cluster: Cluster) -> None:
+ADMISSION_POLICIES = {
+    "nodeScopedAgentWrites": ("nv-navarch-agent-node-scope", "agent"),
+    "agentOwnedFields": ("nv-navarch-agent-owned-fields", "agent"),
+    "operatorNodeScope": ("nv-navarch-operator-node-scope", "operator"),
+}
+
+
+@pytest.mark.parametrize("value", sorted(ADMISSION_POLICIES))
+def test_admission_policy_matches_only_this_releases_account(cluster: Cluster, value: str) -> None:
+    name, component = ADMISSION_POLICIES[value]
     docs = render(cluster, "--namespace", "gpu-health")
-    policy = find(docs, "ValidatingAdmissionPolicy", "nv-navarch-agent-node-scope")
+    policy = find(docs, "ValidatingAdmissionPolicy", name)
     assert policy["spec"]["matchConditions"] == [
         {
-            "name": "is-navarch-agent",
+            "name": f"is-navarch-{component}",
             "expression": "request.userInfo.username == "
-            '"system:serviceaccount:gpu-health:nv-navarch-agent"',
+            f'"system:serviceaccount:gpu-health:nv-navarch-{component}"',
         }
     ]
-    binding = find(docs, "ValidatingAdmissionPolicyBinding")
-    assert binding["spec"] == {
-        "policyName": "nv-navarch-agent-node-scope",
-        "validationActions": ["Deny"],
-    }
-    off = render(cluster, "--set", "admission.nodeScopedAgentWrites=false")
-    assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    binding = find(docs, "ValidatingAdmissionPolicyBinding", name)
+    assert binding["spec"] == {"policyName": name, "validationActions": ["Deny"]}
+    off = render(cluster, "--set", f"admission.{value}=false")
+    remaining = {d["metadata"]["name"] for d in off if d["kind"] == "ValidatingAdmissionPolicy"}
+    assert remaining == {n for n, _ in ADMISSION_POLICIES.values()} - {name}
+
+
+def test_agent_policy_guards_every_operator_owned_status_key(cluster: Cluster) -> None:
+    """The keys come from the API types through the generated chart file, one rule each."""
+    policy = find(render(cluster), "ValidatingAdmissionPolicy", "nv-navarch-agent-owned-fields")
+    guarded = [
+        key
+        for key in api.OPERATOR_STATUS_KEYS
+        for v in policy["spec"]["validations"]
+        if f"status.{key} of GpuNodeHealth" in v["messageExpression"]
+    ]
+    assert guarded == list(api.OPERATOR_STATUS_KEYS)
+
+
+def test_operator_policy_allows_the_configured_taint_keys(cluster: Cluster) -> None:
+    docs = render(
+        cluster,
+        "--set",
+        "taintKey=example.com/gpu",
+        "--set-json",
+        'admission.operatorTaintKeys=["example.com/repair","example.com/gpu"]',
+    )
+    policy = find(docs, "ValidatingAdmissionPolicy", "nv-navarch-operator-node-scope")
+    keys = next(v for v in policy["spec"]["variables"] if v["name"] == "taintKeys")
+    assert json.loads(keys["expression"]) == ["example.com/gpu", "example.com/repair"]
+    error = render_error(cluster, "--set-json", 'admission.operatorTaintKeys=["not a key"]')
+    assert "operatorTaintKeys" in error
 
 
 def test_notes_tell_how_to_inspect(cluster: Cluster) -> None:

@@ -62,6 +62,10 @@ def test_install_upgrade_uninstall(crds: Cluster) -> None:
                 f"clusterrolebinding.{rbac}/{operator}",
                 f"validatingadmissionpolicy.{admission}/{agent}-node-scope",
                 f"validatingadmissionpolicybinding.{admission}/{agent}-node-scope",
+                f"validatingadmissionpolicy.{admission}/{agent}-owned-fields",
+                f"validatingadmissionpolicybinding.{admission}/{agent}-owned-fields",
+                f"validatingadmissionpolicy.{admission}/{operator}-node-scope",
+                f"validatingadmissionpolicybinding.{admission}/{operator}-node-scope",
                 f"role.{rbac}/{operator}-events",
                 f"rolebinding.{rbac}/{operator}-events",
             ]

@@ -26,6 +26,11 @@
 {{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "navarch.agentName" .) -}}
 {{- end -}}
 
+{{/* The operator's username: RBAC subject and the Node-scope VAP match. */}}
+{{- define "navarch.operatorUsername" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "navarch.operatorName" .) -}}
+{{- end -}}
+
 {{- define "navarch.peeringName" -}}
 {{- .Values.operator.peering.name | default (include "navarch.fullname" .) -}}
 {{- end -}}
