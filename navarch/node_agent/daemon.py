@@ -31,10 +31,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from navarch import __version__, api
+from navarch.backoff import Backoff
 from navarch.errors import ApiError, InvalidObjectError
 from navarch.metrics_auth import RequestAuth
 from navarch.node_agent import host
-from navarch.node_agent.backoff import Backoff
 from navarch.node_agent.config import AgentConfig
 from navarch.node_agent.kmsg import KmsgWatcher
 from navarch.node_agent.kube import Credentials, KubeClient, in_cluster, load_kubeconfig

@@ -17,7 +17,6 @@ import pytest
 
 from navarch.api import EccCounters, GpuStatus, XidSource
 from navarch.errors import ApiError
-from navarch.node_agent.backoff import Backoff
 from navarch.node_agent.config import AgentConfig
 from navarch.node_agent.daemon import Agent, XidSourceSpec
 from navarch.node_agent.metrics import AgentMetrics
@@ -285,14 +284,3 @@ def test_the_kernel_log_starts_after_the_existing_status_was_taken_over() -> Non
     finally:
         run.stop.set()
         assert run.agent.join()
-
-
-def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
-    low = Backoff(base=0.5, cap=30.0, rand=lambda: 0.0)
-    high = Backoff(base=0.5, cap=30.0, rand=lambda: 1.0)
-
-    assert [high.next_delay() for _ in range(9)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
-    assert [low.next_delay() for _ in range(3)] == [0.25, 0.5, 1.0]
-    assert high.failures == 9
-    high.reset()
-    assert high.next_delay() == 0.5

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 
 class Backoff:
     """Delays of ``base * 2**n`` up to ``cap`` seconds, each scaled by a random factor in
-    [0.5, 1], so that agents on many nodes that lost the API server together do not all
+    [0.5, 1], so that clients on many nodes that lost the API server together do not all
     come back in the same instant.
     """
 
@@ -33,3 +34,21 @@ class Backoff:
 
     def reset(self) -> None:
         self._failures = 0
+
+
+@dataclass(frozen=True)
+class Forever:
+    """An endless series of backoff delays, fresh from the first for every iteration.
+
+    kopf retries a failed request once per delay its ``error_backoffs`` yields and gives up
+    after the last; this one has no last.
+    """
+
+    base: float
+    cap: float
+    rand: Callable[[], float] = random.random
+
+    def __iter__(self) -> Iterator[float]:
+        backoff = Backoff(self.base, self.cap, self.rand)
+        while True:
+            yield backoff.next_delay()
