@@ -8,14 +8,17 @@ never overlap; ``--peering NAME`` additionally lets kopf's peering pause all but
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import sys
+from datetime import timedelta
 
 import kopf
 
 from navarch import __version__, serving
 from navarch.errors import ConfigError
-from navarch.operator import handlers, kube, memory, metrics
+from navarch.operator import handlers, health, kube, memory, metrics, probes, reconciler
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +41,20 @@ def positive(text: str) -> int:
     return value
 
 
+MIN_STALL_TIMEOUT = 3 * reconciler.IDLE_WAIT.total_seconds()
+"""The loop passes at least once per idle pulse: a shorter bound would fail a healthy one."""
+
+
+def stall_timeout(text: str) -> float:
+    value = float(text)
+    if not MIN_STALL_TIMEOUT <= value < float("inf"):
+        raise ValueError(text)
+    return value
+
+
 port.__name__ = "port number (0-65535)"
 positive.__name__ = "positive integer"
+stall_timeout.__name__ = f"number of seconds, at least {MIN_STALL_TIMEOUT:g}"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -75,8 +90,17 @@ def parser() -> argparse.ArgumentParser:
         type=port,
         default=DEFAULT_HEALTH_PORT,
         metavar="N",
-        help=f"serve the liveness probe on http://:N/healthz, 0 to turn off "
-        f"(default {DEFAULT_HEALTH_PORT})",
+        help=f"serve the liveness probe on http://:N/healthz and the readiness probe on "
+        f"/readyz, 0 to turn off (default {DEFAULT_HEALTH_PORT})",
+    )
+    default_stall = health.DEFAULT_STALL_TIMEOUT.total_seconds()
+    p.add_argument(
+        "--stall-timeout",
+        type=stall_timeout,
+        default=default_stall,
+        metavar="SECONDS",
+        help="fail the liveness probe when the reconcile loop has made no progress, or a watch "
+        f"has not been live, for this long (default {default_stall:g})",
     )
     p.add_argument(
         "--peering",
@@ -124,17 +148,39 @@ def main(argv: list[str] | None = None) -> int:
             metrics.serve(args.metrics_port, tls, configuration)
         except ConfigError as err:
             p.error(str(err))
-    liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
-    log.info("navarch-operator %s starting", __version__)
-    kopf.run(
-        registry=handlers.registry,
-        memo=handlers.Runtime(configuration=configuration, workers=args.workers),
-        clusterwide=True,
-        standalone=args.peering is None,
-        peering_name=args.peering,
-        liveness_endpoint=liveness,
+    runtime = handlers.Runtime(
+        configuration=configuration,
+        workers=args.workers,
+        health=health.Health(timedelta(seconds=args.stall_timeout)),
     )
+    metrics.RECONCILE_AGE.set_function(runtime.health.reconcile_age)
+    log.info("navarch-operator %s starting", __version__)
+    try:
+        # kopf stops by cancelling its tasks, this one's among them.
+        with contextlib.suppress(asyncio.CancelledError):
+            asyncio.run(operate(runtime, args))
+    except ConfigError as err:
+        p.error(str(err))
     return 0
+
+
+async def operate(runtime: handlers.Runtime, args: argparse.Namespace) -> None:
+    """Serve the probes, and run kopf until it stops."""
+    runner = None
+    if args.health_port:
+        check = runtime.health
+        runner = await probes.serve(args.health_port, check.alive, check.ready)
+    try:
+        await kopf.operator(
+            registry=handlers.registry,
+            memo=runtime,
+            clusterwide=True,
+            standalone=args.peering is None,
+            peering_name=args.peering,
+        )
+    finally:
+        if runner is not None:
+            await runner.cleanup()
 
 
 if __name__ == "__main__":

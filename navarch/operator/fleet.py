@@ -16,7 +16,8 @@ import contextlib
 import heapq
 import json
 import logging
-from collections.abc import Iterable, Mapping
+import random
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,7 +31,7 @@ from navarch.wire import from_wire
 
 log = logging.getLogger(__name__)
 
-MAX_RETRY_DELAY = timedelta(minutes=1)
+MAX_RETRY_DELAY = timedelta(seconds=30)
 
 
 def newer(candidate: str | None, stored: str | None) -> bool:
@@ -146,6 +147,10 @@ class Fleet:
     _in_force: dict[str, CompiledPolicy] | None = None
     _members: dict[str, set[str]] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _sleep_until: datetime | None = None
+    _busy_since: dict[str, datetime] = field(default_factory=dict)
+    rand: Callable[[], float] = random.random
+    """Jitter of retry delays (see ``retry``)."""
     reports_stale: bool = True
     """Set whenever policy statuses or gauges may have moved; the reconciler clears it."""
 
@@ -305,17 +310,31 @@ class Fleet:
         due = now + after
         self._due[name] = due
         heapq.heappush(self._timers, (due, name))
+        # Timers are set from write tasks too, while the loop sleeps towards a later deadline.
+        self.wake_by(due)
+
+    def wake_by(self, when: datetime) -> None:
+        """Make sure the loop is awake at ``when``, even if it went to sleep for longer."""
+        if self._sleep_until is not None and when < self._sleep_until:
+            self._wake.set()
 
     def retry(self, name: str, now: datetime) -> timedelta:
-        """Back off after a failed write: 1 s, 2 s, 4 s ... up to a minute."""
+        """Back off after a failed write: 1 s, 2 s, 4 s ... up to 30 s, each delay scaled by a
+        random factor in [0.5, 1] so that nodes that failed together are not retried together.
+        """
         failures = self._failures.get(name, 0)
         self._failures[name] = failures + 1
-        delay = min(timedelta(seconds=2**failures), MAX_RETRY_DELAY)
+        ceiling = min(timedelta(seconds=2 ** min(failures, 32)), MAX_RETRY_DELAY)
+        delay = ceiling * (0.5 + 0.5 * self.rand())
         self.schedule(name, delay, now)
         return delay
 
     def succeeded(self, name: str) -> None:
         self._failures.pop(name, None)
+
+    def backing_off(self, now: datetime) -> set[str]:
+        """Nodes whose last write failed and whose retry is not due yet."""
+        return {name for name in self._failures if self._due.get(name, now) > now}
 
     def take(self, now: datetime) -> set[str]:
         """The nodes to reconcile now: dirty ones and due timers, except busy ones, which
@@ -335,23 +354,36 @@ class Fleet:
             heapq.heappop(self._timers)
         return self._timers[0][0] if self._timers else None
 
-    def begin(self, name: str, *, reserve: bool) -> None:
+    def begin(self, name: str, now: datetime, *, reserve: bool) -> None:
         self.busy.add(name)
+        self._busy_since[name] = now
         if reserve:
             self.reserved.add(name)
 
     def end(self, name: str) -> None:
         self.busy.discard(name)
+        self._busy_since.pop(name, None)
         self.reserved.discard(name)
         if name in self._dirty:
             self._wake.set()
 
-    async def wait(self, timeout: float | None) -> None:
-        """Until something is marked or ``timeout`` seconds pass."""
+    def busy_since(self) -> tuple[str, datetime] | None:
+        """The node whose writes have been in flight longest, and since when."""
+        if not self._busy_since:
+            return None
+        name = min(self._busy_since, key=self._busy_since.__getitem__)
+        return name, self._busy_since[name]
+
+    async def wait(self, now: datetime, until: datetime) -> None:
+        """Until something is marked, a timer earlier than ``until`` is set, or ``until``."""
         if self._dirty - self.busy:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._sleep_until = until
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), (until - now).total_seconds())
+        finally:
+            self._sleep_until = None
 
     def feed(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         """Apply one watch event (or listed object) of ``kind`` node, health or policy."""

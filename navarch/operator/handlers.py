@@ -4,7 +4,12 @@ The watch handlers do nothing but record the object (or its deletion) in the
 :class:`~navarch.operator.fleet.Fleet` and so mark its node for the reconcile loop; all the
 judging and writing happens there. They hold no state of their own and trust no single event:
 the loop re-reads a Node whenever a write conflicts, and timers re-evaluate nodes without any
-event at all.
+event at all. An object kopf delivers from a fresh listing (event type None) also tells the
+loop that kopf listed again, so that it lists too and learns of deletions kopf never reports.
+
+kopf retries every failed request forever, with capped backoff and jitter: by default it gives
+up after nine tries, and a watch-stream that gives up on anything but a 429 ends for good
+while the operator keeps running. The probes (``health``) catch what retrying cannot.
 
 kopf itself writes nothing on our objects: there are no change-detecting handlers, so no
 progress or diff-base is stored, and were there any, it would go to ``navarch.dev/``
@@ -24,8 +29,10 @@ import kopf
 from kubernetes import client
 
 from navarch import api
+from navarch.backoff import Forever
 from navarch.errors import ApiError
 from navarch.operator.fleet import Fleet
+from navarch.operator.health import Health
 from navarch.operator.kube import Kube
 from navarch.operator.reconciler import Reconciler
 
@@ -34,6 +41,12 @@ registry = kopf.OperatorRegistry()
 LIST_RETRY_DELAY = 5.0
 SHUTDOWN_GRACE = 5.0
 """Seconds given to writes in flight at shutdown; what is cut short is redone on restart."""
+REQUEST_BACKOFF = Forever(base=0.5, cap=10.0)
+"""kopf's retries: a watch comes back within ten seconds of the API server."""
+WATCH_SCAN_INTERVAL = 2.0
+"""How often the watch-state metric is brought up to date."""
+WATCHER_TASK = "watcher for "
+"""How kopf names the task of each watch-stream: ``watcher for RESOURCE@NAMESPACE``."""
 
 
 @dataclass
@@ -42,10 +55,28 @@ class Runtime:
 
     configuration: client.Configuration
     workers: int
+    health: Health = field(default_factory=Health)
     fleet: Fleet = field(default_factory=Fleet)
     kube: Kube | None = None
     reconciler: Reconciler | None = None
     loop_task: asyncio.Task[None] | None = None
+    scan_task: asyncio.Task[None] | None = None
+
+
+def kopf_watches() -> set[str]:
+    """The resources whose kopf watch-streams run now: a stream that failed has no task."""
+    names = (task.get_name() for task in asyncio.all_tasks() if not task.done())
+    return {
+        name.removeprefix(WATCHER_TASK).rpartition("@")[0]
+        for name in names
+        if name.startswith(WATCHER_TASK)
+    }
+
+
+async def scan_watches(health: Health) -> None:
+    while True:
+        health.observe_watches()
+        await asyncio.sleep(WATCH_SCAN_INTERVAL)
 
 
 class SpecDiffBase(kopf.AnnotationsDiffBaseStorage):
@@ -82,6 +113,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.connect_timeout = 10
     settings.networking.connect_timeout = 10
     settings.networking.request_timeout = 60
+    settings.networking.error_backoffs = REQUEST_BACKOFF
 
 
 @kopf.on.login(registry=registry)
@@ -109,7 +141,11 @@ async def start(settings: kopf.OperatorSettings, memo: Runtime, **_: Any) -> Non
     configure(settings)
     if memo.kube is None:
         memo.kube = Kube(memo.configuration, memo.workers)
-    memo.reconciler = Reconciler(memo.fleet, memo.kube)
+    if memo.reconciler is None:
+        memo.reconciler = Reconciler(memo.fleet, memo.kube, health=memo.health)
+    if memo.scan_task is None:
+        memo.health.running_watches = kopf_watches
+        memo.scan_task = asyncio.create_task(scan_watches(memo.health), name="watch scan")
     # The index starts complete, so the first pass never mistakes a policy or Node that has
     # not been delivered yet for one that does not exist.
     try:
@@ -122,14 +158,16 @@ async def start(settings: kopf.OperatorSettings, memo: Runtime, **_: Any) -> Non
     gc.collect()
     gc.freeze()
     memo.loop_task = asyncio.create_task(memo.reconciler.run(), name="reconcile loop")
+    memo.health.listed = True
 
 
 @kopf.on.cleanup(registry=registry)
 async def stop(memo: Runtime, **_: Any) -> None:
-    if memo.loop_task is not None:
-        memo.loop_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await memo.loop_task
+    for task in (memo.scan_task, memo.loop_task):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if memo.reconciler is not None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(memo.reconciler.drain(), SHUTDOWN_GRACE)
@@ -137,27 +175,23 @@ async def stop(memo: Runtime, **_: Any) -> None:
         memo.kube.close()
 
 
-@kopf.on.probe(id="reconciler", registry=registry)
-def alive(memo: Runtime, **_: Any) -> str:
-    """Liveness: the reconcile loop must be running."""
-    task = memo.loop_task
-    if task is None:
-        return "starting"
-    if task.done():
-        raise RuntimeError("the reconcile loop has stopped")
-    return "running"
+def feed(memo: Runtime, kind: str, event: kopf.RawEvent) -> None:
+    event_type = event.get("type")
+    if event_type is None and memo.reconciler is not None:
+        memo.reconciler.relisted(kind)
+    memo.fleet.feed(kind, event_type, event["object"])
 
 
 @kopf.on.event("", "v1", "nodes", registry=registry)
 async def node_event(event: kopf.RawEvent, memo: Runtime, **_: Any) -> None:
-    memo.fleet.feed("node", event.get("type"), event["object"])
+    feed(memo, "node", event)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.GNH_PLURAL, registry=registry)
 async def health_event(event: kopf.RawEvent, memo: Runtime, **_: Any) -> None:
-    memo.fleet.feed("health", event.get("type"), event["object"])
+    feed(memo, "health", event)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.GHP_PLURAL, registry=registry)
 async def policy_event(event: kopf.RawEvent, memo: Runtime, **_: Any) -> None:
-    memo.fleet.feed("policy", event.get("type"), event["object"])
+    feed(memo, "policy", event)

@@ -18,6 +18,7 @@ import os
 import socket
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -168,6 +169,10 @@ class Kube:
             CALM,
         )
         self._instance = os.environ.get("POD_NAME") or socket.gethostname()
+        self.available = True
+        """Whether the API server answered the last call (any answer but 429 or 5xx)."""
+        self.on_availability: Callable[[bool], None] | None = None
+        """Called on the event loop after every call with what it showed of ``available``."""
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -207,14 +212,22 @@ class Kube:
     ) -> Any:
         await self._gate.acquire(priority)
         try:
-            return await asyncio.get_running_loop().run_in_executor(
+            result = await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._request, method, path, body, content_type
             )
         except ApiError as err:
             metrics.API_ERRORS.labels(verb=verb, resource=resource, code=str(err.status)).inc()
+            self._answered(not unavailable(err))
             raise
         finally:
             self._gate.release(priority)
+        self._answered(True)
+        return result
+
+    def _answered(self, available: bool) -> None:
+        self.available = available
+        if self.on_availability is not None:
+            self.on_availability(available)
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -313,6 +326,13 @@ class Target:
     @classmethod
     def policy(cls, name: str, uid: str) -> Target:
         return cls(api.API_VERSION, api.GHP_KIND, name, uid)
+
+
+def unavailable(err: ApiError) -> bool:
+    """Whether a failed call means the API server is not serving: unreachable, throttling
+    (a starting server answers 429 while its storage initialises) or failing (5xx: a server
+    without etcd answers 500 or 504)."""
+    return err.status is None or err.status == 429 or err.status >= 500
 
 
 def _node(name: str) -> str:

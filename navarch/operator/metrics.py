@@ -7,7 +7,7 @@ from typing import Any
 
 import urllib3
 from kubernetes import client
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Enum, Gauge, Histogram
 
 from navarch.errors import ApiError
 from navarch.metrics_auth import RequestAuth
@@ -53,6 +53,23 @@ API_ERRORS = Counter(
     "navarch_api_errors_total",
     "Failed Kubernetes API calls by verb, resource and HTTP status (None: unreachable).",
     ["verb", "resource", "code"],
+)
+WATCH_STATE = Enum(
+    "navarch_watch_state",
+    "State of the operator's watch of each resource: starting, live, waiting (running, but the "
+    "API server does not answer) or stopped (ended for good: the liveness probe fails).",
+    ["resource"],
+    states=["starting", "live", "waiting", "stopped"],
+)
+RECONCILE_AGE = Gauge(
+    "navarch_reconcile_age_seconds",
+    "Seconds since the reconcile loop last completed a pass; it passes every few seconds "
+    "even when idle.",
+)
+API_AVAILABLE = Gauge(
+    "navarch_api_available",
+    "1 while the API server answers the operator's calls, 0 from a call that found it "
+    "unreachable, throttling or failing until one succeeds.",
 )
 
 

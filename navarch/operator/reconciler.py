@@ -13,23 +13,34 @@ One coroutine decides, many write. Each pass:
 
 A node whose judging or deciding raises is logged and retried with backoff, and a pass that
 raises is logged: one bad object must not stop the others.
+
+The loop also keeps the index whole through API-server and etcd outages. A call that finds
+the API server unreachable, throttling or failing starts an outage: the cluster is listed
+again with backoff and jitter (capped at ``RECOVERY_CAP``) until a list succeeds, which ends
+it, and every node is judged again, so faults, recoveries, policy edits and deletions of the
+outage are acted on as soon as it ends. Policy statuses wait for the end of an outage too.
+When kopf lists a resource again (a watch that came back to a ``410 Gone``), the operator
+lists it as well: kopf reports no deletion that happened while its watch was away.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from navarch import api
+from navarch.backoff import Backoff
 from navarch.errors import ApiError
 from navarch.operator import memory, metrics, policy_status, storm
 from navarch.operator.decisions import Decision, Judgement, decide, judge
 from navarch.operator.fleet import Fleet, Judged
+from navarch.operator.health import Health
 from navarch.operator.kube import REPORT, Kube, Target
 from navarch.operator.planner import storm_candidates
 from navarch.operator.writer import Writer
@@ -43,13 +54,24 @@ YIELD_EVERY = 50
 """Judge this many nodes, then let the event loop run writes and watch events."""
 REPORT_INTERVAL = timedelta(seconds=1)
 """Policy statuses and gauges are refreshed at most this often."""
-IDLE_WAIT = 60.0
-"""Longest wait without a timer, so a missed wake-up costs a minute, not forever."""
+IDLE_WAIT = timedelta(seconds=5)
+"""Longest wait without a timer: the loop's pulse, which the liveness probe watches."""
 TRIM_INTERVAL = timedelta(minutes=1)
 """How often freed heap pages go back to the system (see ``memory``)."""
 RESYNC_INTERVAL = timedelta(minutes=10)
 """How often the whole cluster is listed again and every node re-judged: the safety net for
 a deletion a reconnecting watch never reported, or any event lost on the way."""
+RECOVERY_BASE = 1.0
+RECOVERY_CAP = 10.0
+"""Seconds between lists while the API server does not answer: the first after about a
+second, then doubling up to this, each with jitter."""
+RELIST_DELAY = timedelta(seconds=1)
+"""After kopf starts listing a resource again, let its listing finish before ours."""
+RELIST_GAP = timedelta(seconds=30)
+"""kopf's listings this soon after one of ours (its first one at start) bring nothing new."""
+KINDS = {"policy": api.GHP_PLURAL, "node": "nodes", "health": api.GNH_PLURAL}
+"""Index kinds and their resources, in the order they are listed: policies first, so that
+nodes are judged under the policies in force."""
 
 
 def utcnow() -> datetime:
@@ -57,22 +79,38 @@ def utcnow() -> datetime:
 
 
 class Reconciler:
-    def __init__(self, fleet: Fleet, kube: Kube, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        kube: Kube,
+        clock: Callable[[], datetime] = utcnow,
+        health: Health | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self.fleet = fleet
         self.kube = kube
         self.clock = clock
+        self.health = health if health is not None else Health(clock=clock)
+        self.health.busy_since = fleet.busy_since
         self.writer = Writer(kube, fleet, clock)
+        self._rand = rand
         self._tasks: set[asyncio.Task[None]] = set()
         self._storm_states: dict[str, storm.StormState] = {}
         self._reported_at: datetime | None = None
         self._reporting: set[str] = set()
         self._resynced_at = clock()
+        self._resync_at = self._resynced_at + RESYNC_INTERVAL
         self._resyncing = False
+        self._relisted: set[str] = set()
+        self._outage: Backoff | None = None
+        """While the API server does not answer: the backoff of the lists that probe it."""
         self._trimmed_at = clock()
+        kube.on_availability = self._availability
 
     async def run(self) -> None:
         while True:
-            await self.fleet.wait(self._timeout())
+            now = self.clock()
+            await self.fleet.wait(now, self._deadline(now))
             if BATCH_WINDOW:
                 await asyncio.sleep(BATCH_WINDOW)
             try:
@@ -80,51 +118,94 @@ class Reconciler:
             # The loop is the operator: log whatever one pass tripped over and carry on.
             except Exception:
                 log.exception("reconcile pass failed")
+            else:
+                self.health.passed()
 
-    async def resync(self) -> None:
-        """List policies, Nodes and GpuNodeHealths, and replace the index's view with them."""
-        for kind, resource in (
-            ("policy", api.GHP_PLURAL),
-            ("node", "nodes"),
-            ("health", api.GNH_PLURAL),
-        ):
-            items, version = await self.kube.list(resource)
-            self.fleet.replace(kind, items, version)
-        self.fleet.mark(*self.fleet.names())
-        self._resynced_at = self.clock()
+    async def resync(self, kinds: Collection[str] = KINDS) -> None:
+        """List the resources of ``kinds`` (all by default) and replace the index's view with
+        them. A full list marks every node for judging; a partial one, what it changed."""
+        for kind, resource in KINDS.items():
+            if kind in kinds:
+                items, version = await self.kube.list(resource)
+                self.fleet.replace(kind, items, version)
+        if set(kinds) >= KINDS.keys():
+            self.fleet.mark(*self.fleet.names())
+            self._resynced_at = self.clock()
+            if self._outage is not None:
+                log.info(
+                    "the API server is serving again after %d failed lists; judging every node",
+                    self._outage.failures - 1,
+                )
+                self._outage = None
+                self.fleet.nudge()
         log.info(
-            "listed %d Nodes, %d GpuNodeHealths, %d GpuHealthPolicies",
+            "listed %s: %d Nodes, %d GpuNodeHealths, %d GpuHealthPolicies in the index",
+            ", ".join(KINDS[k] for k in KINDS if k in kinds),
             len(self.fleet.nodes),
             len(self.fleet.healths),
             len(self.fleet.policies),
         )
 
+    def relisted(self, kind: str) -> None:
+        """kopf is listing ``kind`` again; list it too, to learn what it deleted meanwhile."""
+        now = self.clock()
+        if kind in self._relisted or now < self._resynced_at + RELIST_GAP:
+            return
+        self._relisted.add(kind)
+        self._resync_soon(now + RELIST_DELAY)
+
+    def _availability(self, available: bool) -> None:
+        self.health.api(available)
+        now = self.clock()
+        if available:
+            # Some call got through: the outage may be over, and the list will tell.
+            if self._outage is not None:
+                self._resync_soon(now)
+            return
+        if self._outage is None:
+            self._outage = Backoff(RECOVERY_BASE, RECOVERY_CAP, self._rand)
+            delay = timedelta(seconds=self._outage.next_delay())
+            log.warning(
+                "the API server is not serving; listing again in %.1fs", delay.total_seconds()
+            )
+            self._resync_soon(now + delay)
+
+    def _resync_soon(self, when: datetime) -> None:
+        self._resync_at = min(self._resync_at, when)
+        self.fleet.wake_by(when)
+
     async def _resync_in_background(self) -> None:
+        full = self._outage is not None or not self._relisted
+        kinds = set(KINDS) if full else set(self._relisted)
+        self._relisted -= kinds
         try:
-            await self.resync()
+            await self.resync(kinds)
         except ApiError as err:
-            log.warning("periodic resync failed, next try in %s: %s", RESYNC_INTERVAL, err)
-            self._resynced_at = self.clock()
+            if self._outage is not None:
+                delay = timedelta(seconds=self._outage.next_delay())
+                log.info("listing failed, next try in %.1fs: %s", delay.total_seconds(), err)
+                self._resync_at = self.clock() + delay
+            else:
+                log.warning("listing failed, next try in %s: %s", RESYNC_INTERVAL, err)
+                self._resync_at = self.clock() + RESYNC_INTERVAL
+                if not full:
+                    self._relisted |= kinds
+        else:
+            # kopf's listings that began while this one ran still need theirs.
+            self._resync_at = (
+                self.clock() if self._relisted else self._resynced_at + RESYNC_INTERVAL
+            )
         finally:
             self._resyncing = False
+            self.fleet.wake_by(self._resync_at)
 
-    def _timeout(self) -> float:
-        now = self.clock()
-        deadlines = [
-            d
-            for d in (
-                self.fleet.next_due(),
-                self._next_report(),
-                self._resynced_at + RESYNC_INTERVAL,
-            )
-            if d is not None
-        ]
-        if not deadlines:
-            return IDLE_WAIT
-        return min(max((min(deadlines) - now).total_seconds(), 0.0), IDLE_WAIT)
+    def _deadline(self, now: datetime) -> datetime:
+        resync = None if self._resyncing else self._resync_at
+        deadlines = [d for d in (self.fleet.next_due(), self._next_report(), resync) if d]
+        return min([*deadlines, now + IDLE_WAIT])
 
     def _next_report(self) -> datetime | None:
-        if not self.fleet.reports_stale:
+        if not self.fleet.reports_stale or self._outage is not None:
             return None
         if self._reported_at is None:
             return self.clock()
@@ -136,7 +217,9 @@ class Reconciler:
         work = self.fleet.take(now)
         judgements = await self._judge(sorted(work), now)
         admitted = self._storm(judgements)
-        extra = admitted - judgements.keys() - self.fleet.busy
+        # A held node that fits now is judged at once, unless its writes are failing: its
+        # retry comes with its backoff.
+        extra = admitted - judgements.keys() - self.fleet.busy - self.fleet.backing_off(now)
         judgements.update(await self._judge(sorted(extra), now))
         for name, judgement in judgements.items():
             admits = name in admitted or not judgement.needs_new_quarantine()
@@ -149,9 +232,11 @@ class Reconciler:
             self._dispatch(decision, now)
         if work or extra:
             self.fleet.reports_stale = True
-        if self._reported_at is None or now >= self._reported_at + REPORT_INTERVAL:
+        if self._outage is None and (
+            self._reported_at is None or now >= self._reported_at + REPORT_INTERVAL
+        ):
             self._report(now)
-        if not self._resyncing and now >= self._resynced_at + RESYNC_INTERVAL:
+        if not self._resyncing and now >= self._resync_at:
             self._resyncing = True
             self._spawn(self._resync_in_background(), "resync")
         if now >= self._trimmed_at + TRIM_INTERVAL:
@@ -234,7 +319,7 @@ class Reconciler:
         self.fleet.schedule(name, decision.recheck_after, now)
         if not decision.writes:
             return
-        self.fleet.begin(name, reserve=decision.new_quarantine)
+        self.fleet.begin(name, now, reserve=decision.new_quarantine)
         self._spawn(self.writer.apply(decision), f"write {name}")
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
@@ -299,7 +384,7 @@ class Reconciler:
                 await self.kube.post_event(target, event, self.clock())
         except ApiError as err:
             log.warning("status of policy %s not written: %s", name, err)
-            self.fleet.reports_stale = True
+            self.fleet.nudge()
         finally:
             self._reporting.discard(name)
 

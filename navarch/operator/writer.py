@@ -26,7 +26,7 @@ from navarch.errors import ApiError
 from navarch.operator import metrics
 from navarch.operator.decisions import Decision
 from navarch.operator.fleet import Fleet
-from navarch.operator.kube import Kube, Target
+from navarch.operator.kube import Kube, Target, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,15 @@ class Writer:
             await self._reread(name)
             return
         delay = self.fleet.retry(name, self.clock())
-        log.warning(
-            "writing %s %s failed, retrying in %ss: %s", resource, name, delay.total_seconds(), err
+        # An outage fails every write; the reconciler warns of it once.
+        level = logging.INFO if unavailable(err) else logging.WARNING
+        log.log(
+            level,
+            "writing %s %s failed, retrying in %.1fs: %s",
+            resource,
+            name,
+            delay.total_seconds(),
+            err,
         )
 
     async def _reread(self, name: str) -> None:

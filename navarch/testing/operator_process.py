@@ -1,7 +1,7 @@
 """The real ``navarch-operator`` as a subprocess, with its log kept in a file.
 
 Shared by the integration tests, the fleet simulator and the benchmarks: each starts the
-installed console script against a kubeconfig, waits for its liveness endpoint, and may SIGKILL
+installed console script against a kubeconfig, waits for its readiness probe, and may SIGKILL
 it (no cleanup handler, no drain, writes cut wherever they are) to prove a restart loses
 nothing.
 """
@@ -12,7 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from navarch.serving import TlsFiles
@@ -27,14 +29,20 @@ class OperatorProcess:
         kubeconfig: Path,
         log_path: Path,
         workers: int | None = None,
+        *,
         metrics_tls: TlsFiles | None = None,
+        extra_args: Sequence[str] = (),
+        command: Sequence[str] | None = None,
     ) -> None:
         """``metrics_tls``: serve metrics over HTTPS to authorised callers, as the chart does;
-        without it, in plain HTTP."""
+        without it, in plain HTTP. ``command`` runs instead of the installed console script
+        (a test's own entry point), with the same arguments."""
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.workers = workers
         self.metrics_tls = metrics_tls
+        self.extra_args = list(extra_args)
+        self.command = list(command or [str(Path(sys.executable).with_name("navarch-operator"))])
         self.process: subprocess.Popen[bytes] | None = None
         self.health_port = 0
         self.metrics_port = 0
@@ -46,11 +54,11 @@ class OperatorProcess:
         return self.process.pid if running and self.process is not None else None
 
     def start(self, wait: bool = True) -> None:
-        executable = Path(sys.executable).with_name("navarch-operator")
+        """Start the operator; with ``wait``, until it is ready to act."""
         self.health_port = free_port()
         self.metrics_port = free_port()
         argv = [
-            str(executable),
+            *self.command,
             "--kubeconfig",
             str(self.kubeconfig),
             "--metrics-port",
@@ -67,32 +75,44 @@ class OperatorProcess:
             ]
         if self.workers is not None:
             argv += ["--workers", str(self.workers)]
+        argv += self.extra_args
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 die_with_parent(argv), stdout=log, stderr=subprocess.STDOUT
             )
         self.starts += 1
         if wait:
-            self.wait_healthy()
+            self.wait_ready()
 
-    def wait_healthy(self, timeout: float = START_TIMEOUT) -> None:
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
-        while not self.healthy():
+        while not self.ready():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"navarch-operator not healthy within {timeout:.0f}s")
+                raise RuntimeError(f"navarch-operator not ready within {timeout:.0f}s")
             time.sleep(0.2)
 
     def healthy(self) -> bool:
-        """Whether the liveness endpoint answers; raises if the process has exited."""
+        """Whether the liveness probe passes; raises if the process has exited."""
+        return self.probe("/healthz")[0] == 200
+
+    def ready(self) -> bool:
+        """Whether the readiness probe passes; raises if the process has exited."""
+        return self.probe("/readyz")[0] == 200
+
+    def probe(self, path: str) -> tuple[int | None, str]:
+        """A probe's HTTP status and answer; None while nothing answers. Raises if the process
+        has exited."""
         assert self.process is not None
         if self.process.poll() is not None:
             raise RuntimeError(f"navarch-operator exited with {self.process.returncode}")
-        url = f"http://127.0.0.1:{self.health_port}/healthz"
+        url = f"http://127.0.0.1:{self.health_port}{path}"
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                return bool(response.status == 200)
+                return int(response.status), response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
         except OSError:
-            return False
+            return None, ""
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from navarch import api
 from navarch.errors import ApiError
-from navarch.operator.kube import Target
+from navarch.operator.kube import Target, unavailable
 from navarch.operator.planner import Event
 
 
@@ -41,6 +42,9 @@ class FakeKube:
     """Seconds each call takes, so writes overlap like real ones."""
     fail: dict[tuple[str, str], ApiError] = field(default_factory=dict)
     """(verb, resource) -> the error the next such call raises."""
+    down: bool = False
+    """While set, every call fails as if the API server could not be reached."""
+    on_availability: Callable[[bool], None] | None = None
     _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
 
     def _bump(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -52,6 +56,10 @@ class FakeKube:
         if self.delay:
             await asyncio.sleep(self.delay)
         error = self.fail.pop((verb, resource), None)
+        if self.down:
+            error = ApiError(None, "connection refused")
+        if self.on_availability is not None:
+            self.on_availability(error is None or not unavailable(error))
         if error is not None:
             raise error
 

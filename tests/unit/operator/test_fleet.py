@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -132,11 +134,13 @@ def test_busy_nodes_wait_and_timers_fire() -> None:
     fleet = Fleet()
     fleet.observe_node(node("a", "1"))
     fleet.observe_node(node("b", "1"))
-    fleet.begin("a", reserve=True)
+    fleet.begin("a", NOW, reserve=True)
     assert fleet.take(NOW) == {"b"}
     assert "a" in fleet.reserved
+    assert fleet.busy_since() == ("a", NOW)
     fleet.end("a")
     assert "a" not in fleet.reserved
+    assert fleet.busy_since() is None
     assert fleet.take(NOW) == {"a"}
     fleet.schedule("b", timedelta(seconds=5), NOW)
     fleet.schedule("b", timedelta(seconds=3), NOW)
@@ -146,12 +150,36 @@ def test_busy_nodes_wait_and_timers_fire() -> None:
     assert fleet.next_due() is None
 
 
-def test_failed_writes_back_off() -> None:
-    fleet = Fleet()
-    delays = [fleet.retry("a", NOW).total_seconds() for _ in range(8)]
-    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
+def test_failed_writes_back_off_to_a_cap_with_jitter() -> None:
+    fleet = Fleet(rand=lambda: 1.0)
+    delays = [fleet.retry("a", NOW).total_seconds() for _ in range(7)]
+    assert delays == [1, 2, 4, 8, 16, 30, 30]
     fleet.succeeded("a")
     assert fleet.retry("a", NOW).total_seconds() == 1
+    assert Fleet(rand=lambda: 0.0).retry("a", NOW).total_seconds() == 0.5
+
+
+async def woken_by(set_timer: Callable[[Fleet], object]) -> bool:
+    """Whether the loop, asleep towards a deadline a minute away, wakes when a timer is set
+    meanwhile (as a write task does when its write fails)."""
+    fleet = Fleet(rand=lambda: 1.0)
+    sleeper = asyncio.create_task(fleet.wait(NOW, NOW + timedelta(minutes=1)))
+    await asyncio.sleep(0)
+    set_timer(fleet)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    woke = sleeper.done()
+    sleeper.cancel()
+    return woke
+
+
+def test_a_retry_set_while_the_loop_sleeps_wakes_it() -> None:
+    assert asyncio.run(woken_by(lambda fleet: fleet.retry("a", NOW))) is True
+
+
+def test_a_timer_later_than_the_loops_deadline_lets_it_sleep() -> None:
+    later = timedelta(minutes=5)
+    assert asyncio.run(woken_by(lambda fleet: fleet.schedule("a", later, NOW))) is False
 
 
 def test_deleting_a_node_forgets_its_verdict_and_governance() -> None:

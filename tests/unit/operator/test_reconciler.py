@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -69,8 +70,13 @@ class World:
     def __init__(self, policy: dict[str, Any] | None = None) -> None:
         self.clock = Clock()
         self.kube = FakeKube()
-        self.fleet = Fleet()
-        self.reconciler = Reconciler(self.fleet, self.kube, self.clock)  # type: ignore[arg-type]
+        self.fleet = Fleet(rand=lambda: 1.0)
+        self.reconciler = Reconciler(
+            self.fleet,
+            self.kube,  # type: ignore[arg-type]
+            self.clock,
+            rand=lambda: 1.0,
+        )
         if policy is not None:
             spec = {
                 "nodeSelector": {"matchLabels": SELECTED},
@@ -288,3 +294,134 @@ async def test_a_node_that_trips_a_bug_does_not_stop_the_others(
     w.clock.advance(1)
     await w.settle()
     assert w.kube.quarantined() == {"gpu-1", "gpu-2"}
+
+
+@run
+async def test_a_write_cut_off_by_a_long_outage_is_made_within_seconds_of_its_end() -> None:
+    w = World({"maxUnhealthy": "100%"})
+    w.node("gpu-1")
+    await w.settle()
+    w.kube.down = True
+    w.report("gpu-1", xid79(START))
+    for _ in range(32):
+        await w.settle(1)
+        w.clock.advance(2)
+    assert not w.kube.taints("gpu-1")
+    due = w.fleet.next_due()
+    assert due is not None and due - w.clock.now > timedelta(seconds=20)
+    assert w.reconciler.health.unavailable_since == START
+    # The node's own retry is far away; the lists that probe the API server are 10 s apart.
+
+    w.kube.down = False
+    back = w.clock.now
+    while not w.kube.taints("gpu-1") and w.clock.now < back + timedelta(seconds=30):
+        w.clock.advance(1)
+        await w.settle(1)
+    assert w.clock.now - back <= timedelta(seconds=10)
+    assert w.reconciler.health.unavailable_since is None
+
+
+@run
+async def test_while_the_api_server_is_down_it_is_listed_with_capped_backoff() -> None:
+    w = World()
+    w.node("gpu-1", xid79(START))
+    w.kube.down = True
+    lists = []
+    for _ in range(100):
+        calls = len(w.kube.calls)
+        await w.settle(1)
+        lists += [w.clock.now] * w.kube.calls[calls:].count(("list", api.GHP_PLURAL))
+        w.clock.advance(0.5)
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(lists)]
+    assert gaps[:3] == [2.0, 4.0, 8.0]
+    assert max(gaps) == 10.0
+
+
+@run
+async def test_what_changed_during_an_outage_is_judged_when_it_ends() -> None:
+    w = World({"maxUnhealthy": "100%"})
+    for name in ("gpu-1", "gpu-2", "gpu-3", "gpu-4"):
+        w.node(name, *([xid79(START)] if name == "gpu-1" else []))
+    await w.settle()
+    assert w.kube.quarantined() == {"gpu-1"}
+    w.kube.down = True
+    w.report("gpu-3", xid79(START))
+    await w.settle(1)
+
+    # None of this reaches the operator's watches: gpu-1 reboots and recovers, gpu-2 reports
+    # an XID that the policy, edited meanwhile, now quarantines for, gpu-4's Node goes away.
+    w.kube.set_status("gpu-1", status(w.clock))
+    w.kube.set_status(
+        "gpu-2", status(w.clock, {**xid79(START), "code": 13, "immediateAction": "RESTART_APP"})
+    )
+    w.kube.policies["p"]["spec"]["rules"] = [
+        {
+            "name": "xid-13",
+            "expression": "status.xids.exists(x, x.code == 13)",
+            "severity": "Unhealthy",
+        }
+    ]
+    w.kube.policies["p"]["metadata"]["generation"] = 2
+    del w.kube.nodes["gpu-4"]
+
+    w.kube.down = False
+    w.clock.advance(1)
+    await w.settle()
+    assert "gpu-4" not in w.fleet.nodes
+    assert w.kube.quarantined() == {"gpu-1", "gpu-2", "gpu-3"}
+    w.clock.advance(11)
+    await w.settle()
+    assert w.kube.quarantined() == {"gpu-2", "gpu-3"}
+
+
+@run
+async def test_policy_statuses_wait_for_the_end_of_an_outage() -> None:
+    w = World({})
+    w.node("gpu-1")
+    await w.settle()
+    w.kube.down = True
+    down_at = len(w.kube.calls)
+    w.report("gpu-1", xid79(START))
+    for _ in range(10):
+        w.clock.advance(2)
+        await w.settle(1)
+    # The pass that found the outage may have tried one; none after it.
+    assert w.kube.calls[down_at:].count(("patch", f"{api.GHP_PLURAL}/status")) <= 1
+    w.kube.down = False
+    for _ in range(2):
+        w.clock.advance(10)
+        await w.settle()
+    assert w.kube.policies["p"]["status"]["counts"]["quarantined"] == 1
+
+
+@run
+async def test_a_kind_kopf_lists_again_is_listed_again_to_learn_its_deletions() -> None:
+    w = World()
+    w.node("gpu-1")
+    w.node("gpu-2")
+    await w.settle()
+    del w.kube.nodes["gpu-2"]
+
+    w.reconciler.relisted("node")
+    await w.settle()
+    assert "gpu-2" in w.fleet.nodes, "kopf's first listing follows the operator's own"
+
+    w.clock.advance(60)
+    calls = len(w.kube.calls)
+    w.reconciler.relisted("node")
+    w.clock.advance(1)
+    await w.settle()
+    assert w.kube.calls[calls:].count(("list", "nodes")) == 1
+    assert ("list", api.GNH_PLURAL) not in w.kube.calls[calls:]
+    assert "gpu-2" not in w.fleet.nodes
+
+
+@run
+async def test_every_pass_and_write_reports_progress() -> None:
+    w = World()
+    w.node("gpu-1", xid79(START))
+    w.kube.delay = 0.01
+    await w.reconciler.reconcile()
+    assert w.reconciler.health.busy_since() == ("gpu-1", START)
+    await w.reconciler.drain()
+    assert w.reconciler.health.busy_since() is None
