@@ -198,6 +198,7 @@ class ControlPlane:
     components: list[Component] = field(default_factory=list)
     server: str = ""
     etcd_url: str = ""
+    etcd_peer_url: str = ""
 
     @property
     def kubeconfig(self) -> Path:
@@ -226,8 +227,10 @@ class ControlPlane:
         self.write_kubeconfig()
 
     def start_etcd(self, timeout: float) -> None:
-        client, peer = free_port(), free_port()
-        self.etcd_url = f"http://127.0.0.1:{client}"
+        """Start (or restart, keeping ports and data) etcd."""
+        if not self.etcd_url:
+            self.etcd_url = f"http://127.0.0.1:{free_port()}"
+            self.etcd_peer_url = f"http://127.0.0.1:{free_port()}"
         self._spawn(
             "etcd",
             [
@@ -236,9 +239,9 @@ class ControlPlane:
                 f"--data-dir={self.workdir / 'etcd'}",
                 f"--listen-client-urls={self.etcd_url}",
                 f"--advertise-client-urls={self.etcd_url}",
-                f"--listen-peer-urls=http://127.0.0.1:{peer}",
-                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-                f"--initial-cluster=navarch=http://127.0.0.1:{peer}",
+                f"--listen-peer-urls={self.etcd_peer_url}",
+                f"--initial-advertise-peer-urls={self.etcd_peer_url}",
+                f"--initial-cluster=navarch={self.etcd_peer_url}",
                 "--unsafe-no-fsync",
                 "--log-level=warn",
             ],
@@ -276,7 +279,14 @@ class ControlPlane:
 
     def stop_apiserver(self) -> None:
         """Stop only the API server (etcd keeps the data): for outage tests."""
-        for component in [c for c in self.components if c.name == "kube-apiserver"]:
+        self._stop_component("kube-apiserver")
+
+    def stop_etcd(self) -> None:
+        """Stop only etcd, under a running API server: for outage tests."""
+        self._stop_component("etcd")
+
+    def _stop_component(self, name: str) -> None:
+        for component in [c for c in self.components if c.name == name]:
             self._terminate(component)
             self.components.remove(component)
 
