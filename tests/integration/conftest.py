@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from navarch.testing import fake_nvml
 from navarch.testing.controlplane import REPO_ROOT, ControlPlane
+from navarch.testing.workloads import WorkloadPlane
 
 from .cluster import Cluster, eventually
+from .workloads_env import CPU_NODES, GPU_NODES, WorkloadCluster
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +38,21 @@ def crds(cluster: Cluster) -> Cluster:
     return cluster
 
 
+@pytest.fixture(scope="session")
+def workloads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkloadCluster]:
+    """A local cluster of its own where pods run: scheduler, controller manager and fake GPU
+    and CPU nodes played by KWOK. Local even under NAVARCH_KUBECONFIG: its tests set the node
+    lifecycle timings and stop nodes' kubelets."""
+    workdir = tmp_path_factory.mktemp("workloads")
+    library = fake_nvml.build(workdir / "fake-nvml")
+    with ControlPlane() as plane, WorkloadPlane(plane) as workload_plane:
+        for name in GPU_NODES:
+            workload_plane.add_node(name)
+        for name in CPU_NODES:
+            workload_plane.add_node(name, gpus=0)
+        yield WorkloadCluster(Cluster(plane.kubeconfig, plane), workload_plane, workdir, library)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
@@ -43,3 +61,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         plane = item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
         if isinstance(plane, Cluster) and plane.plane is not None:
             report.sections.append(("control-plane logs", plane.plane.logs()))
+    if report.failed and "workloads" in getattr(item, "fixturenames", ()):
+        world = item.funcargs.get("workloads") if hasattr(item, "funcargs") else None
+        if isinstance(world, WorkloadCluster) and world.cluster.plane is not None:
+            logs = world.cluster.plane.logs() + "\n" + world.plane.logs()
+            report.sections.append(("workload cluster logs", logs))
