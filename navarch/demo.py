@@ -1,11 +1,14 @@
 """``make demo``: Navarch end to end on a real local control plane, with fake GPUs.
 
-It starts etcd and kube-apiserver, installs the chart (CRDs, RBAC, default policy), creates a
-few GPU Nodes, runs the real operator and one real ``navarch-agent`` per node on the fake
-``libnvidia-ml.so``, and plays a story: a GPU falls off the bus, another node piles up
-uncorrectable ECC errors, an application crashes with an XID that is not the GPU's fault, and
-a node recovers after a GPU reset. A live table shows the fleet as it changes; the run ends
-with a summary and exits non-zero if the fleet did not end where the story says it should.
+It starts etcd, kube-apiserver, kube-scheduler and kube-controller-manager, installs the chart
+(CRDs, RBAC, default policy), registers a few GPU Nodes whose kubelets KWOK plays, runs the
+real operator and one real ``navarch-agent`` per node on the fake ``libnvidia-ml.so``, and
+runs a training Deployment on the nodes' GPUs. Then it plays a story: a GPU falls off the bus
+and new training pods go to the other nodes, another node piles up uncorrectable ECC errors,
+an application crashes with an XID that is not the GPU's fault, and a node recovers after a
+GPU reset and takes new pods again. A live table shows the fleet and its pods as they change;
+the run ends with a summary and exits non-zero if the fleet did not end where the story says
+it should.
 """
 
 from __future__ import annotations
@@ -24,11 +27,54 @@ from typing import Any
 from navarch import api
 from navarch.testing import fake_nvml
 from navarch.testing.controlplane import REPO_ROOT, ControlPlane, binary, die_with_parent
+from navarch.testing.workloads import GPU_RESOURCE, GPUS_PER_NODE, WorkloadPlane
 
 NODES = ("gpu-node-a", "gpu-node-b", "gpu-node-c", "gpu-node-d")
-GPUS_PER_NODE = 8
 HEALTHY_FOR = "10s"
 DEADLINE_SECONDS = 100
+NAMESPACE = "ml"
+TRAIN = "train"
+GPUS_PER_POD = 2
+PODS_PER_NODE = GPUS_PER_NODE // GPUS_PER_POD
+
+
+@dataclass
+class Fleet:
+    """What the story has seen of the cluster, as of its last look."""
+
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gnhs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pods: dict[str, set[str]] = field(default_factory=dict)
+    """Running training pods by node."""
+    ever: set[str] = field(default_factory=set)
+    """Nodes ever quarantined."""
+    at_quarantine: dict[str, set[str]] = field(default_factory=dict)
+    """The training pods a node ran when it was first seen quarantined."""
+    at_release: dict[str, set[str]] = field(default_factory=dict)
+    """The training pods a node ran when it was first seen released."""
+
+    def node(self, name: str) -> dict[str, Any]:
+        return self.nodes.get(name, {})
+
+    def gnh(self, name: str) -> dict[str, Any]:
+        return self.gnhs.get(name, {})
+
+    def on(self, node: str) -> set[str]:
+        return self.pods.get(node, set())
+
+    def look(
+        self,
+        nodes: dict[str, dict[str, Any]],
+        gnhs: dict[str, dict[str, Any]],
+        pods: dict[str, set[str]],
+    ) -> None:
+        self.nodes, self.gnhs, self.pods = nodes, gnhs, pods
+        for name, node in nodes.items():
+            if quarantined(node) and name not in self.ever:
+                self.ever.add(name)
+                self.at_quarantine[name] = set(self.on(name))
+            if name in self.ever and not quarantined(node) and name not in self.at_release:
+                self.at_release[name] = set(self.on(name))
 
 
 @dataclass
@@ -36,7 +82,9 @@ class Step:
     at: float
     node: str
     says: str
-    act: Callable[[Path], None]
+    act: Callable[[], None]
+    ready: Callable[[Fleet], bool] = lambda _: True
+    """The step waits, after ``at``, until this holds."""
     done: bool = False
 
 
@@ -44,8 +92,7 @@ class Step:
 class Expectation:
     node: str
     says: str
-    holds: Callable[[dict[str, Any], dict[str, Any], set[str]], bool]
-    """Called with the Node, its GpuNodeHealth and the names of nodes ever quarantined."""
+    holds: Callable[[Fleet], bool]
 
 
 def taints(node: dict[str, Any]) -> list[str]:
@@ -60,33 +107,53 @@ def health(gnh: dict[str, Any]) -> str:
     return str(((gnh.get("status") or {}).get("verdict") or {}).get("health", "-"))
 
 
-def story() -> list[Step]:
+def story(demo: Demo, scenarios: dict[str, Path]) -> list[Step]:
+    a, b, c = (scenarios[n] for n in NODES[:3])
+
+    def fill() -> int:
+        """Replicas that fill every GPU but gpu-node-a's, besides the pods still there."""
+        return len(demo.seen.on("gpu-node-a")) + PODS_PER_NODE * (len(NODES) - 1)
+
     return [
         Step(
             8,
             "gpu-node-a",
             "GPU 3 falls off the bus (XID 79)",
-            lambda s: fake_nvml.append_statements(
-                s, fake_nvml.xid_statement(3, 79), fake_nvml.lost_statement(3)
+            lambda: fake_nvml.append_statements(
+                a, fake_nvml.xid_statement(3, 79), fake_nvml.lost_statement(3)
             ),
+        ),
+        Step(
+            8,
+            TRAIN,
+            "scales to 7 pods; the new ones go to the nodes not quarantined",
+            lambda: demo.scale(7),
+            ready=lambda f: "gpu-node-a" in f.ever,
         ),
         Step(
             16,
             "gpu-node-b",
             "GPU 5 reports uncorrectable ECC errors",
-            lambda s: fake_nvml.set_gpu_field(s, 5, "ecc_volatile_uncorrected", 4),
+            lambda: fake_nvml.set_gpu_field(b, 5, "ecc_volatile_uncorrected", 4),
         ),
         Step(
             24,
             "gpu-node-c",
             "an application faults on GPU 1 (XID 13, the application's problem)",
-            lambda s: fake_nvml.inject_xid(s, 1, 13, pid=4242, process="train.py"),
+            lambda: fake_nvml.inject_xid(c, 1, 13, pid=4242, process="train.py"),
         ),
         Step(
             34,
             "gpu-node-b",
             "GPU 5 is reset: its volatile ECC counters clear",
-            lambda s: fake_nvml.set_gpu_field(s, 5, "ecc_volatile_uncorrected", 0),
+            lambda: fake_nvml.set_gpu_field(b, 5, "ecc_volatile_uncorrected", 0),
+        ),
+        Step(
+            34,
+            TRAIN,
+            "scales to fill every schedulable GPU; gpu-node-b, released, takes new pods",
+            lambda: demo.scale(fill()),
+            ready=lambda f: "gpu-node-b" in f.at_release,
         ),
     ]
 
@@ -95,29 +162,41 @@ def expectations() -> list[Expectation]:
     return [
         Expectation(
             "gpu-node-a",
-            "quarantined: tainted and Unhealthy",
-            lambda n, g, _: quarantined(n) and health(g) == "Unhealthy",
+            "quarantined: tainted and Unhealthy; no new pod placed on it",
+            lambda f: (
+                quarantined(f.node("gpu-node-a"))
+                and health(f.gnh("gpu-node-a")) == "Unhealthy"
+                and f.on("gpu-node-a") <= f.at_quarantine.get("gpu-node-a", set())
+            ),
         ),
         Expectation(
             "gpu-node-b",
-            f"quarantined, then released after {HEALTHY_FOR} healthy",
-            lambda n, g, ever: (
-                "gpu-node-b" in ever and not quarantined(n) and health(g) == "Healthy"
+            f"quarantined, released after {HEALTHY_FOR} healthy, then given new pods",
+            lambda f: (
+                "gpu-node-b" in f.at_release
+                and not quarantined(f.node("gpu-node-b"))
+                and health(f.gnh("gpu-node-b")) == "Healthy"
+                and bool(f.on("gpu-node-b") - f.at_release.get("gpu-node-b", set()))
             ),
         ),
         Expectation(
             "gpu-node-c",
             "XID 13 recorded, node stays schedulable",
-            lambda n, g, ever: (
-                "gpu-node-c" not in ever
-                and health(g) == "Healthy"
-                and "13" in str((g.get("status") or {}).get("lastXid", ""))
+            lambda f: (
+                "gpu-node-c" not in f.ever
+                and health(f.gnh("gpu-node-c")) == "Healthy"
+                and "13" in str((f.gnh("gpu-node-c").get("status") or {}).get("lastXid", ""))
             ),
         ),
         Expectation(
             "gpu-node-d",
             "untouched",
-            lambda n, g, ever: "gpu-node-d" not in ever and health(g) == "Healthy",
+            lambda f: "gpu-node-d" not in f.ever and health(f.gnh("gpu-node-d")) == "Healthy",
+        ),
+        Expectation(
+            TRAIN,
+            "every pod runs, on every GPU not quarantined",
+            lambda f: all(len(f.on(n)) == PODS_PER_NODE for n in NODES[1:]),
         ),
     ]
 
@@ -125,9 +204,11 @@ def expectations() -> list[Expectation]:
 @dataclass
 class Demo:
     plane: ControlPlane
+    workloads: WorkloadPlane
     workdir: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+    seen: Fleet = field(default_factory=Fleet)
 
     def tool(self, name: str, *args: str, stdin: str | None = None) -> str:
         result = subprocess.run(
@@ -174,26 +255,44 @@ class Demo:
             "defaultPolicy.overrides.maxUnhealthy=50%",
         )
         for name in NODES:
-            node = {
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {
-                    "name": name,
-                    "labels": {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.count": "8"},
+            self.workloads.add_node(name)
+
+    def start_training(self) -> None:
+        """One training pod per node, each on two GPUs, spread evenly over the nodes that
+        are not quarantined (a hard constraint, so the story's placements are certain)."""
+        labels = {"app": TRAIN}
+        spread = {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": labels},
+            "nodeTaintsPolicy": "Honor",
+        }
+        container = {
+            "name": "train",
+            "image": "registry.invalid/train:latest",
+            "resources": {"limits": {GPU_RESOURCE: str(GPUS_PER_POD)}},
+        }
+        deployment = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": TRAIN, "namespace": NAMESPACE},
+            "spec": {
+                "replicas": len(NODES),
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [container], "topologySpreadConstraints": [spread]},
                 },
-            }
-            self.tool("kubectl", "create", "-f", "-", stdin=json.dumps(node))
-            capacity = {"status": {"capacity": {"nvidia.com/gpu": str(GPUS_PER_NODE)}}}
-            self.tool(
-                "kubectl",
-                "patch",
-                "node",
-                name,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                json.dumps(capacity),
-            )
+            },
+        }
+        self.tool("kubectl", "create", "namespace", NAMESPACE)
+        self.tool("kubectl", "create", "-f", "-", stdin=json.dumps(deployment))
+
+    def scale(self, replicas: int) -> None:
+        self.tool(
+            "kubectl", "scale", "deployment", TRAIN, "-n", NAMESPACE, f"--replicas={replicas}"
+        )
 
     def start_fleet(self) -> dict[str, Path]:
         library = fake_nvml.build(self.workdir / "lib")
@@ -233,13 +332,25 @@ class Demo:
             )
         return scenarios
 
-    def fleet(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    def look(self) -> Fleet:
         nodes = json.loads(self.tool("kubectl", "get", "nodes", "-o", "json"))["items"]
         gnhs = json.loads(self.tool("kubectl", "get", "gnh", "-o", "json"))["items"]
-        return (
+        pods = json.loads(
+            self.tool("kubectl", "get", "pods", "-n", NAMESPACE, "-l", f"app={TRAIN}", "-o", "json")
+        )["items"]
+        running: dict[str, set[str]] = {}
+        for pod in pods:
+            if (
+                pod["status"].get("phase") == "Running"
+                and "deletionTimestamp" not in pod["metadata"]
+            ):
+                running.setdefault(pod["spec"]["nodeName"], set()).add(pod["metadata"]["name"])
+        self.seen.look(
             {n["metadata"]["name"]: n for n in nodes},
             {g["metadata"]["name"]: g for g in gnhs},
+            running,
         )
+        return self.seen
 
     def stop(self) -> None:
         for process in self.processes:
@@ -252,12 +363,16 @@ class Demo:
                 process.wait()
 
 
-def table(nodes: dict[str, dict[str, Any]], gnhs: dict[str, dict[str, Any]]) -> list[str]:
-    rows = [("NODE", "GPUS", "HEALTH", "ACTION", "REASON", "LAST XID", "TAINTED", "CORDONED")]
+def table(fleet: Fleet) -> list[str]:
+    rows = [
+        ("NODE", "GPUS", "HEALTH", "ACTION", "REASON", "LAST XID", "TAINTED", "CORDONED", "PODS")
+    ]
     for name in NODES:
-        node, gnh = nodes.get(name, {}), gnhs.get(name, {})
+        node, gnh = fleet.node(name), fleet.gnh(name)
         status = gnh.get("status") or {}
         verdict = status.get("verdict") or {}
+        # A training pod by the random end of its name; the Deployment's name is the same.
+        pods = " ".join(sorted(p.rsplit("-", 1)[-1] for p in fleet.on(name)))
         rows.append(
             (
                 name,
@@ -268,6 +383,7 @@ def table(nodes: dict[str, dict[str, Any]], gnhs: dict[str, dict[str, Any]]) -> 
                 str(status.get("lastXid", "-"))[:44],
                 "yes" if quarantined(node) else "no",
                 "yes" if node.get("spec", {}).get("unschedulable") else "no",
+                f"{TRAIN}: {pods}" if pods else "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -275,20 +391,19 @@ def table(nodes: dict[str, dict[str, Any]], gnhs: dict[str, dict[str, Any]]) -> 
 
 
 def play(demo: Demo, scenarios: dict[str, Path]) -> bool:
-    steps, checks = story(), expectations()
+    steps, checks = story(demo, scenarios), expectations()
     live = sys.stdout.isatty()
     start = time.monotonic()
     last_frame: list[str] = []
-    ever: set[str] = set()
     while True:
         elapsed = time.monotonic() - start
+        fleet = demo.look()
         for step in steps:
-            if not step.done and elapsed >= step.at:
-                step.act(scenarios[step.node])
+            if not step.done and elapsed >= step.at and step.ready(fleet):
+                step.act()
                 step.done = True
                 demo.log.append(f"[{elapsed:5.1f}s] {step.node}: {step.says}")
-        nodes, gnhs = demo.fleet()
-        frame = table(nodes, gnhs)
+        frame = table(fleet)
         if live:
             sys.stdout.write("\x1b[H\x1b[2J")
             print(f"Navarch demo - {elapsed:5.1f}s - story so far:")
@@ -300,17 +415,14 @@ def play(demo: Demo, scenarios: dict[str, Path]) -> bool:
             print("\n".join(demo.log[-1:]))
             print("\n".join(frame), flush=True)
         last_frame = frame
-        ever |= {name for name, node in nodes.items() if quarantined(node)}
-        settled = all(step.done for step in steps) and all(
-            c.holds(nodes.get(c.node, {}), gnhs.get(c.node, {}), ever) for c in checks
-        )
+        settled = all(step.done for step in steps) and all(c.holds(fleet) for c in checks)
         if settled or elapsed > DEADLINE_SECONDS:
             break
         time.sleep(1)
     print("\nSummary")
     ok = True
     for check in checks:
-        holds = check.holds(nodes.get(check.node, {}), gnhs.get(check.node, {}), ever)
+        holds = check.holds(fleet)
         ok &= holds
         print(f"  [{'ok' if holds else 'FAILED'}] {check.node}: {check.says}")
     print(f"  story took {time.monotonic() - start:.0f}s")
@@ -321,19 +433,23 @@ def main() -> int:
     with (
         tempfile.TemporaryDirectory(prefix="navarch-demo-") as workdir,
         ControlPlane() as plane,
+        WorkloadPlane(plane) as workloads,
     ):
-        print(f"control plane up at {plane.server}")
-        demo = Demo(plane, Path(workdir))
+        print(f"control plane up at {plane.server}, with a scheduler and controller manager")
+        demo = Demo(plane, workloads, Path(workdir))
         try:
             demo.install()
             print(demo.tool("kubectl", "get", "crd"))
+            print(demo.tool("kubectl", "get", "nodes"))
             scenarios = demo.start_fleet()
+            demo.start_training()
             ok = play(demo, scenarios)
         finally:
             demo.stop()
         if not ok:
             for log in sorted(Path(workdir).glob("*.log")):
                 print(f"== {log.name}\n" + "\n".join(log.read_text().splitlines()[-15:]))
+            print(workloads.logs(15))
     print("everything stopped; nothing left running")
     return 0 if ok else 1
 
