@@ -1,23 +1,23 @@
-"""The Navarch API (group navarch.dev, version v1alpha1) as typed Python models.
+"""The Navarch API (group navarch.dev, version v1alpha1) as pydantic models.
 
-These dataclasses are the single source of truth: the CRD schemas in ``crds/`` are generated
-from them (``navarch.crd``), the agent serialises them into GpuNodeHealth status, and the
-operator reads status back through them. Field names are snake_case here and camelCase on the
-wire; every field carries the description that ``kubectl explain`` shows.
+These models are the single source of truth: the CRD schemas in ``crds/`` are generated from
+them (``navarch.crd``), the agent serialises them into GpuNodeHealth status, and the operator
+reads status back through them (``navarch.wire``). Field names are snake_case here and camelCase
+on the wire; every field carries the description that ``kubectl explain`` shows.
 
 This module imports no Kubernetes client so the node agent stays small.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import enum
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from navarch.wire import camel
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from navarch.wire import camel, format_time, parse_time
 
 GROUP = "navarch.dev"
 VERSION = "v1alpha1"
@@ -121,190 +121,288 @@ class Owner(enum.StrEnum):
     OPERATOR = "operator"
 
 
-def doc(description: str, default: Any = None, *, owner: Owner | None = None, **schema: Any) -> Any:
-    """A dataclass field with the description (and extra schema keywords) the CRD shows, and
-    for a status key the component that owns it."""
-    meta: dict[str, Any] = {"description": description, "schema": schema}
-    if owner is not None:
-        meta["description"] = f"{description} ({owner}-owned)."
-        meta["owner"] = owner
-    if isinstance(default, list | dict) and not default:
-        return dataclasses.field(default_factory=type(default), metadata=meta)
-    if isinstance(default, list | dict) or dataclasses.is_dataclass(default):
-        template = default
-        return dataclasses.field(default_factory=lambda: copy.deepcopy(template), metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+class Model(BaseModel):
+    """Base of the API types: snake_case in Python, camelCase on the wire.
+
+    Validation is strict, as JSON has one type per value: ``"8"`` is not a number and ``true``
+    is not 1. Enum fields relax it (``strict=False``), because on the wire an enum is its value,
+    which strict mode accepts only from JSON text. Unknown keys are ignored, so an older
+    operator reads a newer agent's status.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        strict=True,
+        extra="ignore",
+    )
 
 
-def required(description: str, **schema: Any) -> Any:
-    """A field the API server requires."""
-    return dataclasses.field(metadata={"description": description, "schema": schema})
+def _time(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_time(value)
+        except ValueError:
+            pass
+    raise PydanticCustomError("rfc3339", "Input should be an RFC 3339 time")
 
+
+Time = Annotated[
+    datetime,
+    PlainValidator(_time),
+    PlainSerializer(format_time, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+"""A time on the wire: RFC 3339 in UTC with a Z, as the API server's date-time format wants;
+one without an offset is taken as UTC."""
+
+
+def _int_or_string(value: Any) -> int | str:
+    if isinstance(value, int | str) and not isinstance(value, bool):
+        return value
+    raise PydanticCustomError("int_or_string", "Input should be an integer or a string")
+
+
+IntOrString = Annotated[
+    int | str,
+    PlainValidator(_int_or_string),
+    WithJsonSchema({"x-kubernetes-int-or-string": True}),
+]
+"""Kubernetes' int-or-string, e.g. a count or a percentage."""
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+
+Duration = Annotated[str, WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN})]
+"""A Go-style duration such as 1h30m. The pattern is for the API server; compiling a policy
+parses each duration with ``navarch.durations``, whose message says what is wrong."""
 
 # --- GpuNodeHealth -------------------------------------------------------------------------
 
 
-@dataclass(kw_only=True)
-class AgentInfo:
+class AgentInfo(Model):
     """What the node agent reports about itself and the node's NVIDIA software stack."""
 
-    version: str | None = doc("Version of the navarch-agent that wrote this status.")
-    driver_version: str | None = doc("NVIDIA kernel driver version, as NVML reports it.")
-    cuda_version: str | None = doc("Highest CUDA version the driver supports, e.g. 12.4.")
-    nvml_version: str | None = doc("NVML library version.")
-    boot_id: str | None = doc("Kernel boot id; XIDs are kept for the current boot only.")
-    start_time: datetime | None = doc("When this agent process started.")
-    nvml_error: str | None = doc(
-        "Why NVML is unavailable (not loaded, failed to initialise); empty when NVML works."
+    version: str | None = Field(
+        None, description="Version of the navarch-agent that wrote this status."
     )
-    kmsg_error: str | None = doc("Why the kernel log cannot be read; empty when it can.")
+    driver_version: str | None = Field(
+        None, description="NVIDIA kernel driver version, as NVML reports it."
+    )
+    cuda_version: str | None = Field(
+        None, description="Highest CUDA version the driver supports, e.g. 12.4."
+    )
+    nvml_version: str | None = Field(None, description="NVML library version.")
+    boot_id: str | None = Field(
+        None, description="Kernel boot id; XIDs are kept for the current boot only."
+    )
+    start_time: Time | None = Field(None, description="When this agent process started.")
+    nvml_error: str | None = Field(
+        None,
+        description="Why NVML is unavailable (not loaded, failed to initialise); empty when "
+        "NVML works.",
+    )
+    kmsg_error: str | None = Field(
+        None, description="Why the kernel log cannot be read; empty when it can."
+    )
 
 
-@dataclass(kw_only=True)
-class EccCounters:
+class EccCounters(Model):
     """NVML ECC error counters of one GPU."""
 
-    enabled: bool | None = doc("Whether ECC mode is currently enabled.")
-    volatile_corrected: int | None = doc("Corrected errors since the last driver load.")
-    volatile_uncorrected: int | None = doc("Uncorrected errors since the last driver load.")
-    aggregate_corrected: int | None = doc("Corrected errors over the GPU's lifetime.")
-    aggregate_uncorrected: int | None = doc("Uncorrected errors over the GPU's lifetime.")
+    enabled: bool | None = Field(None, description="Whether ECC mode is currently enabled.")
+    volatile_corrected: int | None = Field(
+        None, description="Corrected errors since the last driver load."
+    )
+    volatile_uncorrected: int | None = Field(
+        None, description="Uncorrected errors since the last driver load."
+    )
+    aggregate_corrected: int | None = Field(
+        None, description="Corrected errors over the GPU's lifetime."
+    )
+    aggregate_uncorrected: int | None = Field(
+        None, description="Uncorrected errors over the GPU's lifetime."
+    )
 
 
-@dataclass(kw_only=True)
-class RowRemapping:
+class RowRemapping(Model):
     """Row-remapping state (Ampere and newer): spare memory rows replacing failing ones."""
 
-    correctable: int | None = doc("Rows remapped because of correctable errors.")
-    uncorrectable: int | None = doc("Rows remapped because of uncorrectable errors.")
-    pending: bool | None = doc("A remap is pending; it takes effect after a GPU reset.")
-    failure: bool | None = doc("A remap failed; the GPU needs service.")
+    correctable: int | None = Field(
+        None, description="Rows remapped because of correctable errors."
+    )
+    uncorrectable: int | None = Field(
+        None, description="Rows remapped because of uncorrectable errors."
+    )
+    pending: bool | None = Field(
+        None, description="A remap is pending; it takes effect after a GPU reset."
+    )
+    failure: bool | None = Field(None, description="A remap failed; the GPU needs service.")
 
 
-@dataclass(kw_only=True)
-class RetiredPages:
+class RetiredPages(Model):
     """Dynamic page retirement (GPUs without row remapping)."""
 
-    single_bit: int | None = doc("Pages retired because of repeated single-bit ECC errors.")
-    double_bit: int | None = doc("Pages retired because of double-bit ECC errors.")
-    pending: bool | None = doc("Retirements that take effect after the next reboot or reset.")
+    single_bit: int | None = Field(
+        None, description="Pages retired because of repeated single-bit ECC errors."
+    )
+    double_bit: int | None = Field(
+        None, description="Pages retired because of double-bit ECC errors."
+    )
+    pending: bool | None = Field(
+        None, description="Retirements that take effect after the next reboot or reset."
+    )
 
 
-@dataclass(kw_only=True)
-class NvLinkState:
+class NvLinkState(Model):
     """State and error counters of one NVLink link."""
 
-    link: int = required("Link number.", minimum=0)
-    active: bool | None = doc("Whether the link is up.")
-    replay_errors: int | None = doc("Data link replay errors.")
-    recovery_errors: int | None = doc("Data link recovery errors.")
-    crc_flit_errors: int | None = doc("Flow-control digit CRC errors.")
-    crc_data_errors: int | None = doc("Data CRC errors.")
+    link: int = Field(description="Link number.", ge=0)
+    active: bool | None = Field(None, description="Whether the link is up.")
+    replay_errors: int | None = Field(None, description="Data link replay errors.")
+    recovery_errors: int | None = Field(None, description="Data link recovery errors.")
+    crc_flit_errors: int | None = Field(None, description="Flow-control digit CRC errors.")
+    crc_data_errors: int | None = Field(None, description="Data CRC errors.")
 
 
-@dataclass(kw_only=True)
-class GpuStatus:
+class GpuStatus(Model):
     """What NVML reports for one GPU. Fields the GPU does not support are absent."""
 
-    index: int = required("NVML device index.", minimum=0)
-    uuid: str | None = doc("GPU UUID, e.g. GPU-5f1f....")
-    name: str | None = doc("Product name.")
-    pci_bus_id: str | None = doc("PCI bus id in domain:bus:device.function form, lower case.")
-    serial: str | None = doc("Board serial number.")
-    temperature_c: int | None = doc("Core temperature in degrees Celsius.")
-    power_watts: float | None = doc("Power draw in watts.")
-    power_limit_watts: float | None = doc("Enforced power limit in watts.")
-    memory_used_mib: int | None = doc("Frame-buffer memory in use, MiB.")
-    memory_total_mib: int | None = doc("Total frame-buffer memory, MiB.")
-    utilization_percent: int | None = doc("GPU utilisation over the last sample period, %.")
-    throttle_reasons: list[str] = doc(
-        "Active clock-throttle reasons: HwSlowdown, HwThermalSlowdown, HwPowerBrakeSlowdown, "
-        "SwThermalSlowdown, SwPowerCap.",
-        default=[],
+    index: int = Field(description="NVML device index.", ge=0)
+    uuid: str | None = Field(None, description="GPU UUID, e.g. GPU-5f1f....")
+    name: str | None = Field(None, description="Product name.")
+    pci_bus_id: str | None = Field(
+        None, description="PCI bus id in domain:bus:device.function form, lower case."
     )
-    ecc: EccCounters | None = doc("ECC mode and error counters.")
-    row_remapping: RowRemapping | None = doc("Row-remapping state, where supported.")
-    retired_pages: RetiredPages | None = doc("Retired pages, on GPUs without row remapping.")
-    nvlinks: list[NvLinkState] = doc("NVLink links, on GPUs that have them.", default=[])
-    pcie_replays: int | None = doc("PCIe replay counter.")
-    error: str | None = doc(
-        "NVML error for this device, e.g. GPU_IS_LOST; readings may be missing when set."
+    serial: str | None = Field(None, description="Board serial number.")
+    temperature_c: int | None = Field(None, description="Core temperature in degrees Celsius.")
+    power_watts: float | None = Field(None, description="Power draw in watts.")
+    power_limit_watts: float | None = Field(None, description="Enforced power limit in watts.")
+    memory_used_mib: int | None = Field(None, description="Frame-buffer memory in use, MiB.")
+    memory_total_mib: int | None = Field(None, description="Total frame-buffer memory, MiB.")
+    utilization_percent: int | None = Field(
+        None, description="GPU utilisation over the last sample period, %."
     )
-    reset_time: datetime | None = doc(
-        "When the agent last saw this GPU reset: its volatile ECC counters fell back or it "
-        "returned after being lost. XIDs of this GPU last seen before it no longer count."
+    throttle_reasons: list[str] = Field(
+        default_factory=list,
+        description="Active clock-throttle reasons: HwSlowdown, HwThermalSlowdown, "
+        "HwPowerBrakeSlowdown, SwThermalSlowdown, SwPowerCap.",
+    )
+    ecc: EccCounters | None = Field(None, description="ECC mode and error counters.")
+    row_remapping: RowRemapping | None = Field(
+        None, description="Row-remapping state, where supported."
+    )
+    retired_pages: RetiredPages | None = Field(
+        None, description="Retired pages, on GPUs without row remapping."
+    )
+    nvlinks: list[NvLinkState] = Field(
+        default_factory=list, description="NVLink links, on GPUs that have them."
+    )
+    pcie_replays: int | None = Field(None, description="PCIe replay counter.")
+    error: str | None = Field(
+        None,
+        description="NVML error for this device, e.g. GPU_IS_LOST; readings may be missing "
+        "when set.",
+    )
+    reset_time: Time | None = Field(
+        None,
+        description="When the agent last saw this GPU reset: its volatile ECC counters fell back "
+        "or it returned after being lost. XIDs of this GPU last seen before it no longer count.",
     )
 
 
-@dataclass(kw_only=True)
-class XidRecord:
+class XidRecord(Model):
     """One XID (NVIDIA driver error) of the current boot, merged across sources."""
 
-    code: int = required("XID number.", minimum=0)
-    time: datetime = required("When it was first seen.")
-    last_time: datetime | None = doc("When it was last seen.")
-    count: int = doc("How often it was seen on this GPU in this boot.", default=1, minimum=1)
-    gpu_index: int | None = doc("NVML index of the GPU, when known.")
-    gpu_uuid: str | None = doc("UUID of the GPU, when known.")
-    pci_bus_id: str | None = doc("PCI bus id of the GPU, normalised.")
-    source: Literal["nvml", "kmsg"] = required("Where it was seen first: nvml or kmsg.")
-    mnemonic: str | None = doc("Catalog mnemonic, e.g. GPU_HAS_FALLEN_OFF_THE_BUS.")
-    description: str | None = doc("Catalog short description.")
-    immediate_action: str | None = doc(
-        "Catalog immediate resolution bucket, e.g. RESET_GPU; UNKNOWN for codes not in it."
+    code: int = Field(description="XID number.", ge=0)
+    time: Time = Field(description="When it was first seen.")
+    last_time: Time | None = Field(None, description="When it was last seen.")
+    count: int = Field(1, description="How often it was seen on this GPU in this boot.", ge=1)
+    gpu_index: int | None = Field(None, description="NVML index of the GPU, when known.")
+    gpu_uuid: str | None = Field(None, description="UUID of the GPU, when known.")
+    pci_bus_id: str | None = Field(None, description="PCI bus id of the GPU, normalised.")
+    source: XidSource = Field(description="Where it was seen first: nvml or kmsg.", strict=False)
+    mnemonic: str | None = Field(
+        None, description="Catalog mnemonic, e.g. GPU_HAS_FALLEN_OFF_THE_BUS."
     )
-    investigatory_action: str | None = doc("Catalog investigatory resolution bucket.")
-    known: bool = doc("Whether the code is in NVIDIA's catalog.", default=True)
-    message: str | None = doc("The driver's message text, if any.")
+    description: str | None = Field(None, description="Catalog short description.")
+    immediate_action: str | None = Field(
+        None,
+        description="Catalog immediate resolution bucket, e.g. RESET_GPU; UNKNOWN for codes "
+        "not in it.",
+    )
+    investigatory_action: str | None = Field(
+        None, description="Catalog investigatory resolution bucket."
+    )
+    known: bool = Field(True, description="Whether the code is in NVIDIA's catalog.")
+    message: str | None = Field(None, description="The driver's message text, if any.")
 
 
-@dataclass(kw_only=True)
-class MatchedRule:
+class MatchedRule(Model):
     """A policy rule whose expression matched this node."""
 
-    name: str = required("Rule name.")
-    severity: Literal["Degraded", "Unhealthy"] = required("Severity the rule assigns.")
-    message: str = required("Human-readable explanation, naming the GPU where it can.")
-    since: datetime | None = doc("When the rule started matching without interruption.")
+    name: str = Field(description="Rule name.")
+    severity: Severity = Field(description="Severity the rule assigns.", strict=False)
+    message: str = Field(description="Human-readable explanation, naming the GPU where it can.")
+    since: Time | None = Field(
+        None, description="When the rule started matching without interruption."
+    )
 
 
-@dataclass(kw_only=True)
-class Verdict:
+class Verdict(Model):
     """The operator's judgement of the node, from the policy that governs it."""
 
-    health: Literal["Healthy", "Degraded", "Unhealthy", "Unknown"] = required("Health state.")
-    action: str = required(
-        "What the operator does about it: None, Taint, Cordon, TaintAndCordon, Held (storm "
-        "protection), DryRun, OptedOut."
+    health: Health = Field(description="Health state.", strict=False)
+    action: Action = Field(
+        description="What the operator does about it: None, Taint, Cordon, TaintAndCordon, Held "
+        "(storm protection), DryRun, OptedOut.",
+        strict=False,
     )
-    reason: str = required("CamelCase reason for the health state.")
-    message: str | None = doc("Human-readable summary.")
-    policy: str | None = doc("Name of the GpuHealthPolicy that produced this verdict.")
-    rules: list[MatchedRule] = doc("Rules that matched.", default=[])
-    pending: list[MatchedRule] = doc(
-        "Rules that match but not yet for their sustainedFor; they do not count towards health.",
-        default=[],
+    reason: str = Field(description="CamelCase reason for the health state.")
+    message: str | None = Field(None, description="Human-readable summary.")
+    policy: str | None = Field(
+        None, description="Name of the GpuHealthPolicy that produced this verdict."
     )
-    since: datetime | None = doc("When the node entered this health state.")
-    fault_time: datetime | None = doc("Time of the earliest fault behind a quarantine.")
-    xid_events_until: datetime | None = doc(
-        "XidRecorded Events have been emitted for informational XIDs first seen up to this "
-        "time, so a restarted operator does not repeat them."
+    rules: list[MatchedRule] = Field(default_factory=list, description="Rules that matched.")
+    pending: list[MatchedRule] = Field(
+        default_factory=list,
+        description="Rules that match but not yet for their sustainedFor; they do not count "
+        "towards health.",
+    )
+    since: Time | None = Field(None, description="When the node entered this health state.")
+    fault_time: Time | None = Field(
+        None, description="Time of the earliest fault behind a quarantine."
+    )
+    xid_events_until: Time | None = Field(
+        None,
+        description="XidRecorded Events have been emitted for informational XIDs first seen up to "
+        "this time, so a restarted operator does not repeat them.",
     )
 
 
-@dataclass(kw_only=True)
-class Condition:
+class Condition(Model):
     """A Kubernetes condition, as in metav1.Condition."""
 
-    type: str = required("CamelCase condition type.")
-    status: Literal["True", "False", "Unknown"] = required("True, False or Unknown.")
-    reason: str = required("CamelCase reason for the last transition.")
-    message: str = doc("Human-readable details.", default="")
-    last_transition_time: datetime | None = doc("When the status last changed.")
-    observed_generation: int | None = doc("The .metadata.generation this was computed from.")
+    type: str = Field(description="CamelCase condition type.")
+    status: ConditionStatus = Field(description="True, False or Unknown.", strict=False)
+    reason: str = Field(description="CamelCase reason for the last transition.")
+    message: str = Field("", description="Human-readable details.")
+    last_transition_time: Time | None = Field(None, description="When the status last changed.")
+    observed_generation: int | None = Field(
+        None, description="The .metadata.generation this was computed from."
+    )
+
+
+Conditions = Annotated[
+    list[Condition],
+    # One entry per type, so server-side apply merges each writer's conditions by type.
+    Field(
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+    ),
+]
 
 
 def set_condition(
@@ -319,53 +417,66 @@ def set_condition(
     since = now
     if current is not None and current.status == condition.status:
         since = current.last_transition_time or now
-    stamped = dataclasses.replace(condition, last_transition_time=since)
+    stamped = condition.model_copy(update={"last_transition_time": since})
     if current is None:
         return [*conditions, stamped]
     return [stamped if c.type == condition.type else c for c in conditions]
 
 
-@dataclass(kw_only=True)
-class GpuNodeHealthSpec:
+class GpuNodeHealthSpec(Model):
     """Identifies the node this object describes."""
 
-    node_name: str = required("Name of the Node; must equal metadata.name.", minLength=1)
+    node_name: str = Field(description="Name of the Node; must equal metadata.name.", min_length=1)
 
 
-@dataclass(kw_only=True)
-class GpuNodeHealthStatus:
+class GpuNodeHealthStatus(Model):
     """Facts written by the node agent and the verdict written by the operator."""
 
-    agent: AgentInfo | None = doc("The agent and the node's NVIDIA software", owner=Owner.AGENT)
-    last_heartbeat_time: datetime | None = doc(
-        "When the agent last wrote; refreshed at least every heartbeat interval",
-        owner=Owner.AGENT,
+    # Each key is annotated with its Owner: status_keys() reads it, and admission refuses a
+    # writer the other's keys.
+
+    agent: Annotated[AgentInfo | None, Owner.AGENT] = Field(
+        None, description="The agent and the node's NVIDIA software (agent-owned)."
     )
-    gpu_count: int | None = doc("GPUs NVML reports now", owner=Owner.AGENT, minimum=0)
-    expected_gpu_count: int | None = doc(
-        "GPUs the node should have: agent flag, else the Node's nvidia.com/gpu capacity, else "
-        "its nvidia.com/gpu.count label",
-        owner=Owner.AGENT,
-        minimum=0,
+    last_heartbeat_time: Annotated[Time | None, Owner.AGENT] = Field(
+        None,
+        description="When the agent last wrote; refreshed at least every heartbeat interval "
+        "(agent-owned).",
     )
-    gpus: list[GpuStatus] = doc("Per-GPU readings", default=[], owner=Owner.AGENT)
-    xids: list[XidRecord] = doc(
-        "Recent XIDs of the current boot, newest kept",
-        default=[],
-        owner=Owner.AGENT,
-        maxItems=MAX_XIDS,
+    gpu_count: Annotated[int | None, Owner.AGENT] = Field(
+        None, description="GPUs NVML reports now (agent-owned).", ge=0
     )
-    last_xid: str | None = doc("One-line summary of the newest XID", owner=Owner.AGENT)
-    verdict: Verdict | None = doc("The operator's judgement", owner=Owner.OPERATOR)
-    conditions: list[Condition] = doc("Conditions", default=[], owner=Owner.OPERATOR)
+    expected_gpu_count: Annotated[int | None, Owner.AGENT] = Field(
+        None,
+        description="GPUs the node should have: agent flag, else the Node's nvidia.com/gpu "
+        "capacity, else its nvidia.com/gpu.count label (agent-owned).",
+        ge=0,
+    )
+    gpus: Annotated[list[GpuStatus], Owner.AGENT] = Field(
+        default_factory=list, description="Per-GPU readings (agent-owned)."
+    )
+    xids: Annotated[list[XidRecord], Owner.AGENT] = Field(
+        default_factory=list,
+        description="Recent XIDs of the current boot, newest kept (agent-owned).",
+        max_length=MAX_XIDS,
+    )
+    last_xid: Annotated[str | None, Owner.AGENT] = Field(
+        None, description="One-line summary of the newest XID (agent-owned)."
+    )
+    verdict: Annotated[Verdict | None, Owner.OPERATOR] = Field(
+        None, description="The operator's judgement (operator-owned)."
+    )
+    conditions: Annotated[Conditions, Owner.OPERATOR] = Field(
+        default_factory=list, description="Conditions (operator-owned)."
+    )
 
 
 def status_keys(owner: Owner) -> tuple[str, ...]:
     """The wire names of the GpuNodeHealth status keys ``owner`` writes, in field order."""
     return tuple(
-        camel(f.name)
-        for f in dataclasses.fields(GpuNodeHealthStatus)
-        if f.metadata.get("owner") is owner
+        camel(name)
+        for name, field in GpuNodeHealthStatus.model_fields.items()
+        if owner in field.metadata
     )
 
 
@@ -386,128 +497,122 @@ def gpu_node_health(node_name: str) -> dict[str, Any]:
 # --- GpuHealthPolicy -----------------------------------------------------------------------
 
 
-@dataclass(kw_only=True)
-class PolicyRule:
+class PolicyRule(Model):
     """One health rule: a CEL expression over the node's status."""
 
-    name: str = required("Unique rule name.", minLength=1, maxLength=63)
-    expression: str = required(
-        "CEL expression; true means the rule matches. Variables: status (GpuNodeHealth status), "
-        "labels (the Node's labels), gpus (status.gpus), xids (active XIDs).",
-        minLength=1,
+    name: str = Field(description="Unique rule name.", min_length=1, max_length=63)
+    expression: str = Field(
+        description="CEL expression; true means the rule matches. Variables: status "
+        "(GpuNodeHealth status), labels (the Node's labels), gpus (status.gpus), xids (active "
+        "XIDs).",
+        min_length=1,
     )
-    severity: Literal["Degraded", "Unhealthy"] = required("Severity when the rule matches.")
-    message: str = doc("Message shown when the rule matches.", default="")
-    sustained_for: str | None = doc(
-        "The rule counts only once it has matched without interruption for this long, e.g. 5m.",
-        pattern=DURATION_PATTERN,
+    severity: Severity = Field(description="Severity when the rule matches.", strict=False)
+    message: str = Field("", description="Message shown when the rule matches.")
+    sustained_for: Duration | None = Field(
+        None,
+        description="The rule counts only once it has matched without interruption for this "
+        "long, e.g. 5m.",
     )
 
 
-@dataclass(kw_only=True)
-class ActionSpec:
+class ActionSpec(Model):
     """What to do to a node of one severity."""
 
-    taint: Literal["NoSchedule", "NoExecute", "None"] = doc(
-        "Taint effect to add, or None.", default="NoSchedule"
+    taint: TaintEffect = Field(
+        TaintEffect.NO_SCHEDULE, description="Taint effect to add, or None.", strict=False
     )
-    cordon: bool = doc("Whether to cordon the node as well.", default=False)
+    cordon: bool = Field(False, description="Whether to cordon the node as well.")
 
 
-@dataclass(kw_only=True)
-class Actions:
+class Actions(Model):
     """Actions per severity."""
 
-    degraded: ActionSpec = doc(
-        "Action for Degraded nodes.", default=ActionSpec(taint="None", cordon=False)
+    degraded: ActionSpec = Field(
+        ActionSpec(taint=TaintEffect.NONE, cordon=False),
+        description="Action for Degraded nodes.",
     )
-    unhealthy: ActionSpec = doc(
-        "Action for Unhealthy nodes.", default=ActionSpec(taint="NoSchedule", cordon=False)
+    unhealthy: ActionSpec = Field(
+        ActionSpec(taint=TaintEffect.NO_SCHEDULE, cordon=False),
+        description="Action for Unhealthy nodes.",
     )
-    stale: ActionSpec = doc(
-        "Action when the agent's heartbeat is older than heartbeatTimeout.",
-        default=ActionSpec(taint="None", cordon=False),
+    stale: ActionSpec = Field(
+        ActionSpec(taint=TaintEffect.NONE, cordon=False),
+        description="Action when the agent's heartbeat is older than heartbeatTimeout.",
     )
 
 
-@dataclass(kw_only=True)
-class Recovery:
+class Recovery(Model):
     """How a node is released."""
 
-    healthy_for: str = doc(
-        "How long a node must stay healthy before it is released.",
-        default="2m",
-        pattern=DURATION_PATTERN,
+    healthy_for: Duration = Field(
+        "2m", description="How long a node must stay healthy before it is released."
     )
 
 
-@dataclass(kw_only=True)
-class XidPolicy:
+class XidPolicy(Model):
     """How long an XID keeps counting towards health."""
 
-    window: str = doc(
-        "An XID stops counting this long after it was last seen.",
-        default="24h",
-        pattern=DURATION_PATTERN,
+    window: Duration = Field(
+        "24h", description="An XID stops counting this long after it was last seen."
     )
 
 
-@dataclass(kw_only=True)
-class LabelSelector:
+class LabelSelector(Model):
     """Selects Nodes by label."""
 
-    match_labels: dict[str, str] = doc("Labels a Node must carry, all of them.", default={})
+    match_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels a Node must carry, all of them."
+    )
 
 
-@dataclass(kw_only=True)
-class GpuHealthPolicySpec:
+class GpuHealthPolicySpec(Model):
     """Which nodes a policy governs, how it judges them and what it does."""
 
-    node_selector: LabelSelector | None = doc("Nodes this policy governs; empty means all.")
-    priority: int = doc(
-        "When several policies select a node, the highest priority wins; ties go to the "
-        "alphabetically first name.",
-        default=0,
+    node_selector: LabelSelector | None = Field(
+        None, description="Nodes this policy governs; empty means all."
     )
-    rules: list[PolicyRule] = doc("Health rules.", default=[])
-    include_default_rules: bool = doc(
-        "Also evaluate Navarch's built-in default rules.", default=False
+    priority: int = Field(
+        0,
+        description="When several policies select a node, the highest priority wins; ties go to "
+        "the alphabetically first name.",
     )
-    actions: Actions | None = doc("Actions per severity.")
-    taint_key: str = doc("Taint key Navarch adds.", default=DEFAULT_TAINT_KEY, minLength=1)
-    recovery: Recovery | None = doc("Release hysteresis.")
-    xids: XidPolicy | None = doc("How long XIDs count.")
-    heartbeat_timeout: str = doc(
-        "Agent heartbeat age after which health is Unknown.",
-        default="2m",
-        pattern=DURATION_PATTERN,
+    rules: list[PolicyRule] = Field(default_factory=list, description="Health rules.")
+    include_default_rules: bool = Field(
+        False, description="Also evaluate Navarch's built-in default rules."
     )
-    max_unhealthy: int | str = doc(
-        "Storm protection: at most this many (or this percent, e.g. 10%) of governed nodes "
-        "are quarantined at once.",
-        default="10%",
-        intOrString=True,
+    actions: Actions | None = Field(None, description="Actions per severity.")
+    taint_key: str = Field(DEFAULT_TAINT_KEY, description="Taint key Navarch adds.", min_length=1)
+    recovery: Recovery | None = Field(None, description="Release hysteresis.")
+    xids: XidPolicy | None = Field(None, description="How long XIDs count.")
+    heartbeat_timeout: Duration = Field(
+        "2m", description="Agent heartbeat age after which health is Unknown."
     )
-    dry_run: bool = doc("Decide and report, but touch no Node.", default=False)
+    max_unhealthy: IntOrString = Field(
+        "10%",
+        description="Storm protection: at most this many (or this percent, e.g. 10%) of governed "
+        "nodes are quarantined at once.",
+    )
+    dry_run: bool = Field(False, description="Decide and report, but touch no Node.")
 
 
-@dataclass(kw_only=True)
-class PolicyCounts:
+class PolicyCounts(Model):
     """Node counts of the last evaluation."""
 
-    governed: int = doc("Nodes this policy governs.", default=0)
-    healthy: int = doc("Healthy nodes.", default=0)
-    degraded: int = doc("Degraded nodes.", default=0)
-    unhealthy: int = doc("Unhealthy nodes.", default=0)
-    unknown: int = doc("Nodes of unknown health.", default=0)
-    quarantined: int = doc("Nodes Navarch has tainted or cordoned.", default=0)
-    held: int = doc("Unhealthy nodes held back by storm protection.", default=0)
+    governed: int = Field(0, description="Nodes this policy governs.")
+    healthy: int = Field(0, description="Healthy nodes.")
+    degraded: int = Field(0, description="Degraded nodes.")
+    unhealthy: int = Field(0, description="Unhealthy nodes.")
+    unknown: int = Field(0, description="Nodes of unknown health.")
+    quarantined: int = Field(0, description="Nodes Navarch has tainted or cordoned.")
+    held: int = Field(0, description="Unhealthy nodes held back by storm protection.")
 
 
-@dataclass(kw_only=True)
-class GpuHealthPolicyStatus:
+class GpuHealthPolicyStatus(Model):
     """What the operator made of the policy."""
 
-    observed_generation: int | None = doc("Generation last accepted.")
-    conditions: list[Condition] = doc("Accepted and StormProtection conditions.", default=[])
-    counts: PolicyCounts | None = doc("Node counts.")
+    observed_generation: int | None = Field(None, description="Generation last accepted.")
+    conditions: Conditions = Field(
+        default_factory=list, description="Accepted and StormProtection conditions."
+    )
+    counts: PolicyCounts | None = Field(None, description="Node counts.")

@@ -1,4 +1,4 @@
-"""Generates the CustomResourceDefinitions from the API dataclasses in ``navarch.api``.
+"""Generates the CustomResourceDefinitions from the API models in ``navarch.api``.
 
 ``python -m navarch.crd`` rewrites ``crds/`` and the chart's ``crds/`` (the same files); a unit
 test fails when either differs from what the types produce, so schema and code cannot drift.
@@ -6,91 +6,90 @@ test fails when either differs from what the types produce, so schema and code c
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-import types
-import typing
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from navarch import api
-from navarch.wire import camel, to_wire, type_hints
 
-SCALARS: dict[Any, dict[str, Any]] = {
-    int: {"type": "integer"},
-    float: {"type": "number"},
-    str: {"type": "string"},
-    bool: {"type": "boolean"},
-    datetime: {"type": "string", "format": "date-time"},
-}
-
-
-def schema_of(hint: Any) -> dict[str, Any]:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:
-            return schema_of(options[0])
-        if set(options) == {int, str}:
-            return {"x-kubernetes-int-or-string": True}
-        raise TypeError(f"unsupported union {hint!r}")
-    if origin is list:
-        return {"type": "array", "items": schema_of(args[0])}
-    if origin is dict:
-        return {"type": "object", "additionalProperties": schema_of(args[1])}
-    if origin is Literal:
-        return {"type": "string", "enum": list(args)}
-    if dataclasses.is_dataclass(hint):
-        return object_schema(typing.cast(type, hint))
-    return dict(SCALARS[hint])
+# The keywords a structural schema may use here, in the order the manifests list them.
+KEYWORDS = (
+    "description",
+    "type",
+    "format",
+    "enum",
+    "x-kubernetes-int-or-string",
+    "items",
+    "properties",
+    "required",
+    "additionalProperties",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "maxItems",
+    "default",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+)
 
 
-def object_schema(cls: type) -> dict[str, Any]:
-    hints = type_hints(cls)
-    properties: dict[str, Any] = {}
-    required: list[str] = []
-    for f in dataclasses.fields(cls):
-        prop = schema_of(hints[f.name])
-        extra = dict(f.metadata.get("schema", {}))
-        extra.pop("intOrString", None)
-        ordered: dict[str, Any] = {"description": f.metadata["description"], **prop, **extra}
-        default = field_default(f)
-        if default is not None:
-            ordered["default"] = default
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            required.append(camel(f.name))
-        properties[camel(f.name)] = ordered
-        if camel(f.name) == "conditions":
-            ordered["x-kubernetes-list-type"] = "map"
-            ordered["x-kubernetes-list-map-keys"] = ["type"]
-    out: dict[str, Any] = {"type": "object", "properties": properties}
-    if required:
-        out["required"] = required
-    return out
+def object_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON Schema as a structural schema with its docstring as description."""
+    generated = model.model_json_schema(by_alias=True)
+    return structural(generated, generated.get("$defs", {}))
 
 
-def field_default(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not dataclasses.MISSING and f.default is not None:
-        return to_wire(f.default)
-    if f.default_factory is not dataclasses.MISSING:
-        value = to_wire(f.default_factory())
-        return value if value not in ([], {}) else None
-    return None
+def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` as the API server wants it: references inlined, optional values as the type
+    itself (a missing key, not null), no titles, keywords in a fixed order.
+
+    A field keeps its own description, not its type's docstring: the field says what the value
+    means where it is (``nodeSelector``: "Nodes this policy governs"), the type only what it is
+    ("Selects Nodes by label").
+    """
+    node = dict(schema)
+    while "$ref" in node or "anyOf" in node:
+        if "$ref" in node:
+            target = defs[node.pop("$ref").removeprefix("#/$defs/")]
+            node = {**_without_description(target), **node}
+        else:
+            options = [o for o in node.pop("anyOf") if o != {"type": "null"}]
+            if len(options) != 1:
+                raise TypeError(f"no structural schema for a union of {options}")
+            node = {**_without_description(options[0]), **node}
+    node.pop("title", None)
+    node.pop("$defs", None)
+    if node.get("default", ...) is None:
+        del node["default"]
+    if "description" in node:
+        node["description"] = " ".join(node["description"].split())
+    if "properties" in node:
+        node["properties"] = {k: structural(v, defs) for k, v in node["properties"].items()}
+    if "items" in node:
+        node["items"] = structural(node["items"], defs)
+    if isinstance(node.get("additionalProperties"), dict):
+        node["additionalProperties"] = structural(node["additionalProperties"], defs)
+    unknown = set(node) - set(KEYWORDS)
+    if unknown:
+        raise TypeError(f"no structural schema for keywords {sorted(unknown)}")
+    return {k: node[k] for k in KEYWORDS if k in node}
 
 
-def describe(cls: type) -> str:
-    return " ".join((cls.__doc__ or "").split())
+def _without_description(schema: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in schema.items() if k != "description"}
 
 
 def resource_schema(
-    kind_doc: str, spec: type, status: type, validations: list[dict[str, str]] | None = None
+    kind_doc: str,
+    spec: type[BaseModel],
+    status: type[BaseModel],
+    validations: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    spec_schema = {"description": describe(spec), **object_schema(spec)}
-    status_schema = {"description": describe(status), **object_schema(status)}
     root: dict[str, Any] = {
         "description": kind_doc,
         "type": "object",
@@ -99,8 +98,8 @@ def resource_schema(
             "apiVersion": {"description": "API version of this object.", "type": "string"},
             "kind": {"description": "Kind of this object.", "type": "string"},
             "metadata": {"type": "object"},
-            "spec": spec_schema,
-            "status": status_schema,
+            "spec": object_schema(spec),
+            "status": object_schema(status),
         },
     }
     if validations:
@@ -191,6 +190,15 @@ def gpu_health_policy_crd() -> dict[str, Any]:
     return crd(api.GHP_KIND, api.GHP_PLURAL, "ghp", schema, columns)
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes a value used in several places in full each time: people read these manifests,
+    and a schema reused by several fields would otherwise come out as YAML anchors and aliases.
+    """
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def manifests() -> dict[str, str]:
     header = "# Generated by `python -m navarch.crd` from navarch/api.py. Do not edit.\n"
     out = {}
@@ -198,7 +206,7 @@ def manifests() -> dict[str, str]:
         (f"{api.GNH_PLURAL}.{api.GROUP}.yaml", gpu_node_health_crd()),
         (f"{api.GHP_PLURAL}.{api.GROUP}.yaml", gpu_health_policy_crd()),
     ):
-        out[name] = header + yaml.safe_dump(body, sort_keys=False, width=100)
+        out[name] = header + yaml.dump(body, Dumper=_Dumper, sort_keys=False, width=100)
     return out
 
 

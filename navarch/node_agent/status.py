@@ -20,7 +20,6 @@ registered; it keeps counting GPUs that later fail, unlike allocatable), the Nod
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -97,8 +96,7 @@ def merge_patch(status: GpuNodeHealthStatus) -> dict[str, Any]:
         body[key] = value if value not in (None, [], {}) else None
     if status.agent is not None:
         body["agent"] = {
-            key: wire["agent"].get(key)
-            for key in (camel(f.name) for f in dataclasses.fields(AgentInfo))
+            key: wire["agent"].get(key) for key in (camel(name) for name in AgentInfo.model_fields)
         }
     return {"status": body}
 
@@ -214,7 +212,7 @@ class ResetTracker:
     def stamp(self, gpus: Sequence[GpuStatus]) -> list[GpuStatus]:
         """Copies of ``gpus`` with their reset times."""
         return [
-            dataclasses.replace(gpu, reset_time=self._reset_times.get(GpuIdentity.of(gpu).key))
+            gpu.model_copy(update={"reset_time": self._reset_times.get(GpuIdentity.of(gpu).key)})
             for gpu in gpus
         ]
 

@@ -29,7 +29,6 @@ Merging rules:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import enum
 from collections import deque
 from collections.abc import Sequence
@@ -143,7 +142,7 @@ class XidStore:
             self._changes += 1
             return Outcome.NEW
         record = entry.record
-        before = dataclasses.replace(record)
+        before = record.model_copy()
         _fill_identity(record, gpu)
         if self._match(entry, event):
             if event.message and not record.message:
@@ -241,7 +240,7 @@ def _new_record(event: XidEvent, gpu: GpuIdentity) -> XidRecord:
         gpu_index=gpu.index,
         gpu_uuid=gpu.uuid,
         pci_bus_id=gpu.pci_bus_id,
-        source="nvml" if event.source is XidSource.NVML else "kmsg",
+        source=event.source,
         mnemonic=kind.mnemonic,
         description=kind.description,
         immediate_action=kind.immediate_action,

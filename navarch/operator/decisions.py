@@ -17,7 +17,6 @@ Nodes no policy judges:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -171,7 +170,7 @@ def decide(judgement: Judgement, *, storm_admits: bool, now: datetime) -> Decisi
     informational, until = xid_events(
         evaluation.informational_xids, _gpus(health, evaluation), j.xids_reported_until
     )
-    verdict = dataclasses.replace(node_plan.verdict, xid_events_until=until)
+    verdict = node_plan.verdict.model_copy(update={"xid_events_until": until})
     quarantined = verdict.action in gnh_status.QUARANTINE_ACTIONS
     patch = _health_patch(
         health, verdict, quarantined, evaluation.status_error, checked=True, now=now

@@ -9,10 +9,9 @@ merge patch replaces whole.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from navarch import api
 from navarch.errors import InvalidObjectError
@@ -22,10 +21,10 @@ QUARANTINE_ACTIONS = frozenset(
     {api.Action.TAINT.value, api.Action.CORDON.value, api.Action.TAINT_AND_CORDON.value}
 )
 
-_HEALTH_STATUS: dict[str, Literal["True", "False"]] = {
-    api.Health.HEALTHY.value: "True",
-    api.Health.DEGRADED.value: "False",
-    api.Health.UNHEALTHY.value: "False",
+_HEALTH_STATUS = {
+    api.Health.HEALTHY: api.ConditionStatus.TRUE,
+    api.Health.DEGRADED: api.ConditionStatus.FALSE,
+    api.Health.UNHEALTHY: api.ConditionStatus.FALSE,
 }
 
 
@@ -35,8 +34,8 @@ def unjudged(
     """The verdict of a node no policy judges: its Node is missing or no policy selects it."""
     since = previous.since if previous and previous.reason == reason.value else None
     return api.Verdict(
-        health=api.Health.UNKNOWN.value,
-        action=api.Action.NONE.value,
+        health=api.Health.UNKNOWN,
+        action=api.Action.NONE,
         reason=reason.value,
         message=message,
         since=since or now,
@@ -61,7 +60,7 @@ def conditions(
     """
     health = api.Condition(
         type=api.ConditionType.HEALTHY.value,
-        status=_HEALTH_STATUS.get(verdict.health, "Unknown"),
+        status=_HEALTH_STATUS.get(verdict.health, api.ConditionStatus.UNKNOWN),
         reason=verdict.reason,
         message=verdict.message or "",
         observed_generation=generation,
@@ -71,13 +70,13 @@ def conditions(
     if checked:
         valid = api.Condition(
             type=api.ConditionType.STATUS_VALID.value,
-            status="True",
+            status=api.ConditionStatus.TRUE,
             reason=api.Reason.VALID.value,
             message="the status matches the GpuNodeHealth API",
             observed_generation=generation,
         )
         if status_error:
-            valid.status, valid.reason = "False", api.Reason.INVALID_STATUS.value
+            valid.status, valid.reason = api.ConditionStatus.FALSE, api.Reason.INVALID_STATUS.value
             valid.message = status_error
         out = api.set_condition(out, valid, now)
     return out
@@ -111,7 +110,7 @@ def _quarantined(verdict: api.Verdict, quarantined: bool, generation: int | None
         }.get(verdict.action, (api.Reason.NOT_QUARANTINED, "Navarch holds no quarantine"))
     return api.Condition(
         type=api.ConditionType.QUARANTINED.value,
-        status=status.value,
+        status=status,
         reason=reason.value,
         message=message,
         observed_generation=generation,
@@ -133,7 +132,7 @@ def patch(
     """The merge patch that writes ``verdict`` and ``new_conditions``; None if both stand."""
     if _stored(status, verdict) and current_conditions(status) == new_conditions:
         return None
-    full = {camel(f.name): None for f in dataclasses.fields(api.Verdict)}
+    full = {camel(name): None for name in api.Verdict.model_fields}
     full.update(to_wire(verdict))
     return {"status": {"verdict": full, "conditions": to_wire(new_conditions)}}
 

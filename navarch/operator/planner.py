@@ -34,7 +34,6 @@ verdict, or a Node mutation), so re-planning an unchanged node emits nothing.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -365,14 +364,14 @@ def plan(
         recheck = HELD_RECHECK
 
     if node.opted_out:
-        action = api.Action.OPTED_OUT.value
+        action = api.Action.OPTED_OUT
     elif policy.dry_run:
-        action = api.Action.DRY_RUN.value
+        action = api.Action.DRY_RUN
     elif held:
-        action = api.Action.HELD.value
+        action = api.Action.HELD
     else:
         action = action_name(target.taint is not None, target.cordon)
-    final = dataclasses.replace(verdict, action=action)
+    final = verdict.model_copy(update={"action": action})
 
     applies = not policy.dry_run and not held
     annotations = _annotations(node, changes, verdict, now) if applies else {}

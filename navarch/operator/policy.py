@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import cel
 
@@ -32,13 +32,13 @@ VARIABLES = frozenset({"status", "labels", "gpus", "xids"})
 _MACRO_BINDING = re.compile(
     r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,"
 )
-NO_ACTION = api.ActionSpec(taint="None", cordon=False)
+NO_ACTION = api.ActionSpec(taint=api.TaintEffect.NONE, cordon=False)
 
 
 @dataclass(frozen=True)
 class CompiledRule:
     name: str
-    severity: Literal["Degraded", "Unhealthy"]
+    severity: api.Severity
     expression: str
     message: str
     sustained_for: timedelta | None

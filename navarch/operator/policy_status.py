@@ -89,7 +89,7 @@ def _accepted(
     if error is None and accepted is not None:
         return api.Condition(
             type=api.ConditionType.ACCEPTED.value,
-            status=api.ConditionStatus.TRUE.value,
+            status=api.ConditionStatus.TRUE,
             reason=api.Reason.COMPILED.value,
             message=f"{len(accepted.rules)} rules compiled",
             observed_generation=generation,
@@ -101,7 +101,7 @@ def _accepted(
     )
     return api.Condition(
         type=api.ConditionType.ACCEPTED.value,
-        status=api.ConditionStatus.FALSE.value,
+        status=api.ConditionStatus.FALSE,
         reason=api.Reason.INVALID_POLICY.value,
         message=f"{error or 'not compiled'}{fallback}",
         observed_generation=generation,

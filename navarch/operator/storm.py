@@ -110,7 +110,7 @@ class StormState:
             status, reason = api.ConditionStatus.FALSE, api.Reason.WITHIN_LIMIT
         return api.Condition(
             type=api.ConditionType.STORM_PROTECTION,
-            status=status.value,
+            status=status,
             reason=reason.value,
             message=message,
             observed_generation=observed_generation,

@@ -254,7 +254,7 @@ def _verdict(
         fault_time = min(fault_time, previous.fault_time)
     action = policy.action_for(health, reason)
     return api.Verdict(
-        health=health.value,
+        health=health,
         action=action_name(action.taint != api.TaintEffect.NONE.value, action.cordon),
         reason=reason.value,
         message=message,
@@ -264,15 +264,15 @@ def _verdict(
     )
 
 
-def action_name(taint: bool, cordon: bool) -> str:
+def action_name(taint: bool, cordon: bool) -> api.Action:
     """The verdict's action for a quarantine of a taint, a cordon, both or neither."""
     if taint and cordon:
-        return api.Action.TAINT_AND_CORDON.value
+        return api.Action.TAINT_AND_CORDON
     if taint:
-        return api.Action.TAINT.value
+        return api.Action.TAINT
     if cordon:
-        return api.Action.CORDON.value
-    return api.Action.NONE.value
+        return api.Action.CORDON
+    return api.Action.NONE
 
 
 def _healthy_message(

@@ -4,28 +4,27 @@ A scenario says how big the fleet is, which GpuHealthPolicy governs it, and what
 over time: faults at fixed moments, random faults at a rate, recoveries, and operator restarts.
 ``scenarios/README.md`` documents every key with examples. Reading goes through the same typed
 conversion as the custom resources, so a mistake is reported with its exact path
-(``faults[2].nodes: expected int, got str 'ten'``), and keys that mean nothing are refused rather
-than silently ignored: a typo must not turn a 1,000-node storm into a quiet run.
+(``faults[2].nodes: Input should be a valid integer, got 'ten'``), and keys that mean nothing
+are refused rather than silently ignored: a typo must not turn a 1,000-node storm into a quiet
+run.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import Field
 
 from navarch import api
-from navarch.api import doc, required
+from navarch.api import Model
 from navarch.durations import parse_duration
 from navarch.errors import InvalidObjectError, NavarchError
 from navarch.operator.storm import check_max_unhealthy
-from navarch.wire import camel, from_wire, type_hints
+from navarch.wire import from_wire
 from navarch.xid_catalog import HARDWARE_ACTIONS, RESET_ACTIONS, classify
 
 MAX_NODES = 5000
@@ -77,79 +76,86 @@ class FaultKind:
         return True
 
 
-@dataclass(kw_only=True)
-class FleetShape:
-    nodes: int = required("How many GPU nodes to simulate.", minimum=1, maximum=MAX_NODES)
-    gpus_per_node: int = doc("GPUs per node.", default=8)
-    racks: int = doc(
-        "Racks the nodes are spread over, in equal contiguous blocks; faults and recoveries "
-        "can target a whole rack.",
-        default=1,
+class FleetShape(Model):
+    nodes: int = Field(description="How many GPU nodes to simulate.")
+    gpus_per_node: int = Field(8, description="GPUs per node.")
+    racks: int = Field(
+        1,
+        description="Racks the nodes are spread over, in equal contiguous blocks; faults and "
+        "recoveries can target a whole rack.",
     )
-    heartbeat_interval: str = doc("How often each agent rewrites its status.", default="30s")
+    heartbeat_interval: str = Field("30s", description="How often each agent rewrites its status.")
 
 
-@dataclass(kw_only=True)
-class Restarts:
-    min_interval: str = required("Shortest time between two operator kills.")
-    max_interval: str = required("Longest time between two operator kills.")
+class Restarts(Model):
+    min_interval: str = Field(description="Shortest time between two operator kills.")
+    max_interval: str = Field(description="Longest time between two operator kills.")
 
 
-@dataclass(kw_only=True)
-class OperatorSettings:
-    workers: int = doc("The operator's --workers.", default=32)
-    restarts: Restarts | None = doc("SIGKILL and restart the operator at random while it runs.")
-
-
-@dataclass(kw_only=True)
-class ScheduledFault:
-    at: str = required("When, after the scenario starts.")
-    fault: str = required("What breaks: 'xid N', 'ecc', 'gpu-lost' or 'silence'.")
-    nodes: int | None = doc("This many healthy nodes, chosen at random.")
-    rack: int | None = doc("Every node of this rack (0-based).")
-    names: list[str] = doc("These nodes, by name.", default=[])
-    recover_after: str | None = doc("Reboot each hit node this long after the fault.")
-
-
-@dataclass(kw_only=True)
-class RandomFaults:
-    rate: float = required("Faults per second over the whole fleet (a Poisson process).")
-    mix: dict[str, float] = required("Relative weight of each fault, e.g. {'xid 79': 3}.")
-    start: str = doc("When the faults begin.", default="0s")
-    end: str | None = doc("When they stop; default: the end of the scenario.")
-    recover_after: str | None = doc("Reboot each hit node this long after its fault.")
-
-
-@dataclass(kw_only=True)
-class ScheduledRecovery:
-    at: str = required("When, after the scenario starts.")
-    all: bool = doc("Every faulty node.", default=False)
-    nodes: int | None = doc("This many faulty nodes, chosen at random.")
-    rack: int | None = doc("The faulty nodes of this rack.")
-    names: list[str] = doc("These nodes, by name.", default=[])
-
-
-@dataclass(kw_only=True)
-class ScenarioFile:
-    name: str = required("Short name, used for the report.")
-    description: str = doc("What the scenario shows.", default="")
-    seed: int = doc("Seed of every random choice, so a run can be repeated.", default=1)
-    duration: str = required("How long faults, recoveries and restarts go on.")
-    converge_timeout: str = doc(
-        "How long the fleet may take afterwards to reach the state the policy asks for.",
-        default="3m",
+class OperatorSettings(Model):
+    workers: int = Field(32, description="The operator's --workers.")
+    restarts: Restarts | None = Field(
+        None, description="SIGKILL and restart the operator at random while it runs."
     )
-    settle_timeout: str = doc(
-        "How long the operator may take to judge the new fleet.", default="10m"
+
+
+class ScheduledFault(Model):
+    at: str = Field(description="When, after the scenario starts.")
+    fault: str = Field(description="What breaks: 'xid N', 'ecc', 'gpu-lost' or 'silence'.")
+    nodes: int | None = Field(None, description="This many healthy nodes, chosen at random.")
+    rack: int | None = Field(None, description="Every node of this rack (0-based).")
+    names: list[str] = Field(default_factory=list, description="These nodes, by name.")
+    recover_after: str | None = Field(
+        None, description="Reboot each hit node this long after the fault."
     )
-    fleet: FleetShape = required("The simulated fleet.")
-    policy: dict[str, Any] = doc(
-        "The GpuHealthPolicy spec; nodeSelector is set by the simulator.", default={}
+
+
+class RandomFaults(Model):
+    rate: float = Field(description="Faults per second over the whole fleet (a Poisson process).")
+    mix: dict[str, float] = Field(description="Relative weight of each fault, e.g. {'xid 79': 3}.")
+    start: str = Field("0s", description="When the faults begin.")
+    end: str | None = Field(None, description="When they stop; default: the end of the scenario.")
+    recover_after: str | None = Field(
+        None, description="Reboot each hit node this long after its fault."
     )
-    operator: OperatorSettings = doc("How the operator runs.", default=OperatorSettings())
-    faults: list[ScheduledFault] = doc("Faults at fixed times.", default=[])
-    random_faults: list[RandomFaults] = doc("Faults at random times.", default=[])
-    recoveries: list[ScheduledRecovery] = doc("Recoveries at fixed times.", default=[])
+
+
+class ScheduledRecovery(Model):
+    at: str = Field(description="When, after the scenario starts.")
+    all: bool = Field(False, description="Every faulty node.")
+    nodes: int | None = Field(None, description="This many faulty nodes, chosen at random.")
+    rack: int | None = Field(None, description="The faulty nodes of this rack.")
+    names: list[str] = Field(default_factory=list, description="These nodes, by name.")
+
+
+class ScenarioFile(Model):
+    name: str = Field(description="Short name, used for the report.")
+    description: str = Field("", description="What the scenario shows.")
+    seed: int = Field(1, description="Seed of every random choice, so a run can be repeated.")
+    duration: str = Field(description="How long faults, recoveries and restarts go on.")
+    converge_timeout: str = Field(
+        "3m",
+        description="How long the fleet may take afterwards to reach the state the policy asks "
+        "for.",
+    )
+    settle_timeout: str = Field(
+        "10m", description="How long the operator may take to judge the new fleet."
+    )
+    fleet: FleetShape = Field(description="The simulated fleet.")
+    policy: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The GpuHealthPolicy spec; nodeSelector is set by the simulator.",
+    )
+    operator: OperatorSettings = Field(
+        default_factory=OperatorSettings, description="How the operator runs."
+    )
+    faults: list[ScheduledFault] = Field(default_factory=list, description="Faults at fixed times.")
+    random_faults: list[RandomFaults] = Field(
+        default_factory=list, description="Faults at random times."
+    )
+    recoveries: list[ScheduledRecovery] = Field(
+        default_factory=list, description="Recoveries at fixed times."
+    )
 
 
 @dataclass(frozen=True)
@@ -245,38 +251,10 @@ def load(path: Path) -> Scenario:
 def parse(data: Any, source: str) -> Scenario:
     """Check ``data`` (a parsed scenario file) and resolve it into a Scenario."""
     try:
-        unknown = _unknown_keys(ScenarioFile, data, "scenario")
-        if unknown:
-            raise InvalidObjectError(unknown, "unknown key")
-        raw = from_wire(ScenarioFile, data, "scenario")
+        raw = from_wire(ScenarioFile, data, "scenario", extra="forbid")
         return _resolve(raw, source)
     except InvalidObjectError as err:
         raise ScenarioError(source, str(err)) from None
-
-
-def _unknown_keys(cls: Any, data: Any, path: str) -> str | None:
-    """The path of the first key ``cls`` does not define, looking inside nested types."""
-    origin = typing.get_origin(cls)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(cls) if a is not type(None)]
-        return _unknown_keys(inner[0], data, path) if len(inner) == 1 else None
-    if origin is list and isinstance(data, list):
-        for i, item in enumerate(data):
-            found = _unknown_keys(typing.get_args(cls)[0], item, f"{path}[{i}]")
-            if found:
-                return found
-        return None
-    if not (dataclasses.is_dataclass(cls) and isinstance(data, dict)):
-        return None
-    hints = type_hints(typing.cast(type, cls))
-    fields = {camel(f.name): hints[f.name] for f in dataclasses.fields(cls)}
-    for key, value in data.items():
-        if key not in fields:
-            return f"{path}.{key}"
-        found = _unknown_keys(fields[key], value, f"{path}.{key}")
-        if found:
-            return found
-    return None
 
 
 def _seconds(text: str, path: str) -> float:
@@ -329,10 +307,7 @@ def _resolve(raw: ScenarioFile, source: str) -> Scenario:
         raise InvalidObjectError(
             "scenario.policy.nodeSelector", "is set by the simulator to select its own nodes"
         )
-    unknown = _unknown_keys(api.GpuHealthPolicySpec, raw.policy, "scenario.policy")
-    if unknown:
-        raise InvalidObjectError(unknown, "unknown key")
-    spec = from_wire(api.GpuHealthPolicySpec, raw.policy, "scenario.policy")
+    spec = from_wire(api.GpuHealthPolicySpec, raw.policy, "scenario.policy", extra="forbid")
     for key, value in (
         ("heartbeatTimeout", spec.heartbeat_timeout),
         ("recovery.healthyFor", spec.recovery.healthy_for if spec.recovery else None),

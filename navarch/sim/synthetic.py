@@ -9,7 +9,6 @@ kernel-log events.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from datetime import datetime
 
@@ -75,12 +74,13 @@ def with_uncorrectable_ecc(gpus: list[api.GpuStatus], gpu: int) -> list[api.GpuS
     out = list(gpus)
     for i, status in enumerate(out):
         if status.index == gpu and status.ecc is not None:
-            ecc = dataclasses.replace(
-                status.ecc,
-                volatile_uncorrected=(status.ecc.volatile_uncorrected or 0) + 1,
-                aggregate_uncorrected=(status.ecc.aggregate_uncorrected or 0) + 1,
+            ecc = status.ecc.model_copy(
+                update={
+                    "volatile_uncorrected": (status.ecc.volatile_uncorrected or 0) + 1,
+                    "aggregate_uncorrected": (status.ecc.aggregate_uncorrected or 0) + 1,
+                }
             )
-            out[i] = dataclasses.replace(status, ecc=ecc)
+            out[i] = status.model_copy(update={"ecc": ecc})
     return out
 
 

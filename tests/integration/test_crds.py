@@ -134,7 +134,13 @@ def test_wrong_types_are_rejected_with_the_field_path(crds: Cluster) -> None:
 
     name = unique("status-types")
     crds.kubectl("create", "-f", "-", stdin=gnh_manifest(name))
-    bad = {"status": {"gpuCount": "eight", "gpus": [{"index": -1}]}}
+    bad = {
+        "status": {
+            "gpuCount": "eight",
+            "gpus": [{"index": -1}],
+            "verdict": {"health": "Healthy", "action": "Explode", "reason": "AllChecksPassed"},
+        }
+    }
     result = crds.kubectl(
         "patch",
         "gnh",
@@ -148,6 +154,7 @@ def test_wrong_types_are_rejected_with_the_field_path(crds: Cluster) -> None:
     assert result.returncode != 0
     assert "status.gpuCount" in result.stderr
     assert "status.gpus[0].index" in result.stderr
+    assert "status.verdict.action" in result.stderr
 
 
 def test_explain_prints_field_descriptions(crds: Cluster) -> None:
@@ -172,4 +179,5 @@ def test_status_round_trips_through_the_api_server_unchanged(crds: Cluster) -> N
         json.dumps({"status": to_wire(written)}),
     )
     stored = crds.get_json("gnh", name)["status"]
+    assert stored["lastHeartbeatTime"] == "2026-11-28T12:00:01.250000Z"
     assert from_wire(api.GpuNodeHealthStatus, stored) == written

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from navarch import crd
+from navarch import api, crd
 
 
 @pytest.mark.parametrize("directory", crd.CRD_DIRS, ids=lambda d: str(d.relative_to(crd.REPO_ROOT)))
@@ -32,6 +32,28 @@ def test_every_status_key_has_exactly_one_owner() -> None:
     assert agent | operator == keys
     assert not agent & operator
     assert {"verdict", "conditions"} <= operator
+
+
+def test_each_status_key_says_who_owns_it_in_its_description() -> None:
+    schema = crd.gpu_node_health_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    status = schema["properties"]["status"]["properties"]
+    for owner in api.Owner:
+        for key in api.status_keys(owner):
+            assert status[key]["description"].endswith(f"({owner}-owned).")
+
+
+def test_enums_are_listed_in_the_schema() -> None:
+    schema = crd.gpu_node_health_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    verdict = schema["properties"]["status"]["properties"]["verdict"]["properties"]
+    assert verdict["health"]["enum"] == [h.value for h in api.Health]
+    assert verdict["action"]["enum"] == [a.value for a in api.Action]
+
+
+def test_a_schema_the_api_server_cannot_take_is_refused() -> None:
+    with pytest.raises(TypeError, match="union"):
+        crd.structural({"anyOf": [{"type": "integer"}, {"type": "string"}]}, {})
+    with pytest.raises(TypeError, match="oneOf"):
+        crd.structural({"oneOf": [{"type": "integer"}]}, {})
 
 
 def walk(schema: dict[str, Any], path: str) -> list[str]:

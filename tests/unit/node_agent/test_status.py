@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -190,7 +189,7 @@ def test_gpu_count_xids_and_agent_errors_are_a_meaningful_change() -> None:
 
     assert meaningful_view(status(snapshot(gpu(0)))) != base
     assert meaningful_view(status(xids=[xid])) != base
-    assert meaningful_view(status(xids=[dataclasses.replace(xid, count=2)])) != meaningful_view(
+    assert meaningful_view(status(xids=[xid.model_copy(update={"count": 2})])) != meaningful_view(
         status(xids=[xid])
     )
     assert meaningful_view(status(kmsg_error="cannot read /dev/kmsg")) != base

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -294,7 +293,7 @@ def test_is_active_checks_each_path_directly() -> None:
     assert not is_active(record, gpus, timedelta(minutes=29), None, NOW)
     assert not is_active(record, gpus, window, NOW - timedelta(minutes=30), NOW)
     assert is_active(record, gpus, window, NOW - timedelta(minutes=31), NOW)
-    reset = [dataclasses.replace(gpus[0], reset_time=NOW - timedelta(minutes=29))]
+    reset = [gpus[0].model_copy(update={"reset_time": NOW - timedelta(minutes=29)})]
     assert not is_active(record, reset, window, None, NOW)
 
 
