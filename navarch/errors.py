@@ -47,11 +47,13 @@ class NvmlUnavailableError(NavarchError):
 class ApiError(NavarchError):
     """The Kubernetes API answered with an error status or could not be reached."""
 
-    def __init__(self, status: int | None, message: str) -> None:
+    def __init__(self, status: int | None, message: str, retry_after: float | None = None) -> None:
         prefix = f"HTTP {status}" if status is not None else "unreachable"
         super().__init__(f"Kubernetes API {prefix}: {message}")
         self.status = status
         self.message = message
+        self.retry_after = retry_after
+        """Seconds the server asked the client to wait (``Retry-After``), if it did."""
 
     @property
     def retriable(self) -> bool:

@@ -9,8 +9,9 @@ Threads, each with one job, all stopping within a second of ``stop`` being set:
   A source that crashes is logged, counted and restarted after a delay; the others go on.
 - **writer**: writes status when something meaningful changed (see ``status``), at once when
   a new XID arrives, and at least every heartbeat interval. API failures of any kind are
-  retried with exponential backoff and jitter (capped at 30 s) while observing goes on; the
-  next write carries everything seen meanwhile.
+  retried with exponential backoff and jitter (capped at 30 s, or later when a throttling or
+  starting API server asks for it with ``Retry-After``) while observing goes on; the next
+  write carries everything seen meanwhile. An outage of any length is waited out this way.
 
 The kernel log is read from the start of the boot, so its source starts only after the writer
 has read the status an earlier agent left (or learnt there is none): the XID store needs that
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import signal
 import threading
 import time
@@ -68,6 +68,9 @@ MIN_WRITE_INTERVAL = 0.25
 """Bounds the write rate in an XID flood; a new XID still reaches the API well under 1 s."""
 SHUTDOWN_GRACE = 4.0
 ALIVE_TIMEOUT = 60.0
+"""Liveness fails when the writer loop has not run for this long (it runs at least every
+half of it, retrying or not)."""
+MAX_RETRY_AFTER = 30.0
 METRICS_REVIEW_TIMEOUT = 4.0
 """A scrape may need two reviews, and Prometheus gives up on a scrape after 10 s by default."""
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -131,6 +134,7 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self._writer_ran = time.monotonic()
         self._written = threading.Event()
+        self._failing_since: float | None = None
         self._expected = config.expected_gpus
         self._kmsg_error: Callable[[], str | None] = next(
             (s.error for s in sources if s.name == KMSG_SOURCE and s.error), lambda: None
@@ -165,9 +169,13 @@ class Agent:
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
-        if self._written.is_set():
-            return True, "ok"
-        return False, "no status written yet"
+        """Whether the agent is reporting now: its last status write went through."""
+        if not self._written.is_set():
+            return False, "no status written yet"
+        failing_since = self._failing_since
+        if failing_since is not None:
+            return False, f"status writes failing for {time.monotonic() - failing_since:.0f}s"
+        return True, "ok"
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -251,14 +259,16 @@ class Agent:
         progress = _WriteState()
         while not self._stop.is_set():
             self._writer_ran = time.monotonic()
-            # Sleeps until something is due; every change and ``stop`` set the wake event.
+            # Sleeps until something is due; every change and ``stop`` set the wake event. It
+            # wakes well within the liveness bound whatever the intervals, so that a long
+            # poll or heartbeat interval is not taken for a stuck writer.
             now = time.monotonic()
-            timeout: float | None = None
+            timeout = ALIVE_TIMEOUT / 2
             if progress.not_before > now:
-                timeout = progress.not_before - now
+                timeout = min(timeout, progress.not_before - now)
             if progress.last_write is not None:
                 heartbeat_at = progress.last_write + self._config.heartbeat_interval
-                timeout = min(timeout or math.inf, max(0.0, heartbeat_at - now))
+                timeout = min(timeout, max(0.0, heartbeat_at - now))
             self._wake.wait(timeout)
             self._wake.clear()
             if not self._stop.is_set():
@@ -296,7 +306,7 @@ class Agent:
                 return
             self._writer.patch_status(merge_patch(status))
         except Exception as e:  # the writer backs off and retries whatever went wrong
-            delay = progress.backoff.next_delay()
+            delay = retry_delay(progress.backoff, e)
             progress.not_before = time.monotonic() + delay
             self._metrics.write_failed(e.status if isinstance(e, ApiError) else None)
             if not isinstance(e, ApiError):
@@ -305,7 +315,10 @@ class Agent:
                 level = logging.DEBUG if progress.failing else logging.WARNING
                 log.log(level, "cannot write status (%s); retrying in %.1fs", e, delay)
             progress.failing = True
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
             return
+        self._failing_since = None
         if progress.failing:
             log.info("status written again after %d failed attempts", progress.backoff.failures)
         progress.backoff.reset()
@@ -353,6 +366,16 @@ class Agent:
             log.info("expected GPU count: %s", expected)
         self._expected = expected
         return NODE_REFRESH_INTERVAL
+
+
+def retry_delay(backoff: Backoff, error: Exception) -> float:
+    """Seconds before the next write after ``error``: the backoff's next delay, or longer when
+    a starting or throttling API server asked for it (``Retry-After``, up to a limit)."""
+    delay = backoff.next_delay()
+    retry_after = error.retry_after if isinstance(error, ApiError) else None
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+    return delay
 
 
 def _close(watcher: XidWatcher, name: str) -> None:

@@ -267,13 +267,14 @@ class KubeClient:
         content_type: str | None = None,
     ) -> dict[str, Any]:
         payload = json.dumps(body).encode() if body is not None else None
-        status, data = self._send(method, path, payload, content_type)
-        if status == 401 and self._tokens.from_file:
+        response = self._send(method, path, payload, content_type)
+        if response.status == 401 and self._tokens.from_file:
             # The token may have been rotated between our last look and now.
             self._tokens.invalidate()
-            status, data = self._send(method, path, payload, content_type)
+            response = self._send(method, path, payload, content_type)
+        status, data = response.status, response.data
         if not 200 <= status < 300:
-            raise ApiError(status, _status_message(data))
+            raise ApiError(status, _status_message(data), _retry_after(response))
         try:
             decoded = json.loads(data) if data else {}
         except ValueError:
@@ -284,7 +285,7 @@ class KubeClient:
 
     def _send(
         self, method: str, path: str, payload: bytes | None, content_type: str | None
-    ) -> tuple[int, bytes]:
+    ) -> urllib3.BaseHTTPResponse:
         headers = {"Accept": _JSON, "User-Agent": "navarch-agent"}
         token = self._tokens.current()
         if token:
@@ -297,7 +298,15 @@ class KubeClient:
             )
         except urllib3.exceptions.HTTPError as e:
             raise ApiError(None, f"{method} {path}: {e}") from None
-        return response.status, response.data
+        return response
+
+
+def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
+    """The delay a throttling or starting API server asks for: seconds, in the header."""
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "")))
+    except ValueError:
+        return None
 
 
 def _status_message(data: bytes) -> str:

@@ -195,6 +195,7 @@ def test_the_last_token_is_used_while_the_file_cannot_be_read(tmp_path: Path) ->
 class Reply:
     status: int
     body: bytes = b"{}"
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -221,6 +222,8 @@ class FakeApi:
                 )
                 reply = api.replies.pop(0) if api.replies else Reply(200)
                 self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(reply.body)))
                 self.end_headers()
                 self.wfile.write(reply.body)
@@ -317,6 +320,21 @@ def test_error_statuses_become_api_errors_with_the_servers_message(
 
     assert (caught.value.status, caught.value.message) == (status, message)
     assert caught.value.retriable is (status != 404)
+
+
+@pytest.mark.parametrize(("header", "retry_after"), [("1", 1.0), ("2.5", 2.5), ("soon", None)])
+def test_a_starting_servers_429_carries_when_to_come_back(
+    fake_api: FakeApi, header: str, retry_after: float | None
+) -> None:
+    body = status_body(429, "storage is (re)initializing")
+    fake_api.replies = [Reply(429, body, {"Retry-After": header})]
+    client = KubeClient(Credentials(server=fake_api.url))
+
+    with pytest.raises(ApiError) as caught:
+        client.merge_patch("/x/status", {"status": {}})
+
+    assert caught.value.status == 429
+    assert caught.value.retry_after == retry_after
 
 
 def test_an_unreachable_server_is_an_api_error_without_status() -> None:
