@@ -41,8 +41,8 @@ registry = kopf.OperatorRegistry()
 LIST_RETRY_DELAY = 5.0
 SHUTDOWN_GRACE = 5.0
 """Seconds given to writes in flight at shutdown; what is cut short is redone on restart."""
-REQUEST_BACKOFF = Forever(base=0.5, cap=10.0)
-"""kopf's retries: a watch comes back within ten seconds of the API server."""
+REQUEST_BACKOFF = Forever(base=0.5, cap=5.0)
+"""kopf's retries: a watch comes back within five seconds of the API server."""
 WATCH_SCAN_INTERVAL = 2.0
 """How often the watch-state metric is brought up to date."""
 WATCHER_TASK = "watcher for "

@@ -197,6 +197,8 @@ class Kube:
             raise ApiError(None, str(err)) from err
         if not 200 <= response.status < 300:
             raise ApiError(response.status, _reason(response))
+        if not response.headers.get("Content-Type", "").startswith("application/json"):
+            return {}
         return json.loads(response.data) if response.data else {}
 
     async def _call(
@@ -230,6 +232,11 @@ class Kube:
             self.on_availability(available)
 
     # --- reads -----------------------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Ask the API server whether it is ready to serve, etcd included (``/readyz``, open to
+        every client by Kubernetes' default RBAC); raises ApiError when it is not."""
+        await self._call("get", "readyz", "GET", "/readyz")
 
     async def list(self, resource: str) -> tuple[list[dict[str, Any]], str | None]:
         """All objects of ``nodes``, ``gpunodehealths`` or ``gpuhealthpolicies``, and the

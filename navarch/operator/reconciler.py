@@ -15,7 +15,8 @@ A node whose judging or deciding raises is logged and retried with backoff, and 
 raises is logged: one bad object must not stop the others.
 
 The loop also keeps the index whole through API-server and etcd outages. A call that finds
-the API server unreachable, throttling or failing starts an outage: the cluster is listed
+the API server unreachable, throttling or failing starts an outage (an idle operator asks the
+server's ``/readyz`` every ``API_CHECK_INTERVAL``, so it finds out too): the cluster is listed
 again with backoff and jitter (capped at ``RECOVERY_CAP``) until a list succeeds, which ends
 it, and every node is judged again, so faults, recoveries, policy edits and deletions of the
 outage are acted on as soon as it ends. Policy statuses wait for the end of an outage too.
@@ -26,6 +27,7 @@ lists it as well: kopf reports no deletion that happened while its watch was awa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -62,9 +64,12 @@ RESYNC_INTERVAL = timedelta(minutes=10)
 """How often the whole cluster is listed again and every node re-judged: the safety net for
 a deletion a reconnecting watch never reported, or any event lost on the way."""
 RECOVERY_BASE = 1.0
-RECOVERY_CAP = 10.0
+RECOVERY_CAP = 5.0
 """Seconds between lists while the API server does not answer: the first after about a
 second, then doubling up to this, each with jitter."""
+API_CHECK_INTERVAL = timedelta(seconds=10)
+"""After this long without any call, the API server is asked whether it is ready: an idle
+operator learns of an outage too, and readiness says so."""
 RELIST_DELAY = timedelta(seconds=1)
 """After kopf starts listing a resource again, let its listing finish before ours."""
 RELIST_GAP = timedelta(seconds=30)
@@ -104,6 +109,8 @@ class Reconciler:
         self._relisted: set[str] = set()
         self._outage: Backoff | None = None
         """While the API server does not answer: the backoff of the lists that probe it."""
+        self._answered_at = clock()
+        self._checking = False
         self._trimmed_at = clock()
         kube.on_availability = self._availability
 
@@ -157,6 +164,7 @@ class Reconciler:
     def _availability(self, available: bool) -> None:
         self.health.api(available)
         now = self.clock()
+        self._answered_at = now
         if available:
             # Some call got through: the outage may be over, and the list will tell.
             if self._outage is not None:
@@ -239,9 +247,22 @@ class Reconciler:
         if not self._resyncing and now >= self._resync_at:
             self._resyncing = True
             self._spawn(self._resync_in_background(), "resync")
+        # In an outage the lists that probe the API server are the checks.
+        checking = self._checking or self._outage is not None
+        if not checking and now >= self._answered_at + API_CHECK_INTERVAL:
+            self._checking = True
+            self._spawn(self._check(), "check")
         if now >= self._trimmed_at + TRIM_INTERVAL:
             self._trimmed_at = now
             self._spawn(self._trim(), "trim")
+
+    async def _check(self) -> None:
+        try:
+            # A failure starts an outage (see ``_availability``): nothing else to do here.
+            with contextlib.suppress(ApiError):
+                await self.kube.check()
+        finally:
+            self._checking = False
 
     async def _trim(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, memory.trim)

@@ -117,6 +117,9 @@ class FakeKube:
 
     # --- the Kube interface ----------------------------------------------------------------
 
+    async def check(self) -> None:
+        await self._enter("get", "readyz")
+
     async def list(self, resource: str) -> tuple[list[dict[str, Any]], str | None]:
         await self._enter("list", resource)
         source = {"nodes": self.nodes, api.GNH_PLURAL: self.healths}.get(resource, self.policies)
