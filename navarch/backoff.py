@@ -6,6 +6,11 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from navarch.errors import ApiError
+
+MAX_RETRY_AFTER = 30.0
+"""The longest ``Retry-After`` obeyed: a server asking for more is asked again sooner."""
+
 
 class Backoff:
     """Delays of ``base * 2**n`` up to ``cap`` seconds, each scaled by a random factor in
@@ -52,3 +57,13 @@ class Forever:
         backoff = Backoff(self.base, self.cap, self.rand)
         while True:
             yield backoff.next_delay()
+
+
+def retry_delay(backoff: Backoff, error: Exception) -> float:
+    """Seconds before retrying after ``error``: the backoff's next delay, or longer when a
+    starting or throttling API server asked for it (``Retry-After``, up to a limit)."""
+    delay = backoff.next_delay()
+    retry_after = error.retry_after if isinstance(error, ApiError) else None
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+    return delay

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from navarch import __version__, api
-from navarch.backoff import Backoff
+from navarch.backoff import Backoff, retry_delay
 from navarch.errors import ApiError, InvalidObjectError
 from navarch.metrics_auth import RequestAuth
 from navarch.node_agent import host
@@ -70,7 +70,6 @@ SHUTDOWN_GRACE = 4.0
 ALIVE_TIMEOUT = 60.0
 """Liveness fails when the writer loop has not run for this long (it runs at least every
 half of it, retrying or not)."""
-MAX_RETRY_AFTER = 30.0
 METRICS_REVIEW_TIMEOUT = 4.0
 """A scrape may need two reviews, and Prometheus gives up on a scrape after 10 s by default."""
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -366,16 +365,6 @@ class Agent:
             log.info("expected GPU count: %s", expected)
         self._expected = expected
         return NODE_REFRESH_INTERVAL
-
-
-def retry_delay(backoff: Backoff, error: Exception) -> float:
-    """Seconds before the next write after ``error``: the backoff's next delay, or longer when
-    a starting or throttling API server asked for it (``Retry-After``, up to a limit)."""
-    delay = backoff.next_delay()
-    retry_after = error.retry_after if isinstance(error, ApiError) else None
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
-    return delay
 
 
 def _close(watcher: XidWatcher, name: str) -> None:

@@ -1,10 +1,14 @@
-"""Backoff delays: doubling to a cap, jittered, and an endless series for kopf."""
+"""Backoff delays: doubling to a cap, jittered, obeying Retry-After, and an endless series
+for kopf."""
 
 from __future__ import annotations
 
 import itertools
 
-from navarch.backoff import Backoff, Forever
+import pytest
+
+from navarch.backoff import Backoff, Forever, retry_delay
+from navarch.errors import ApiError
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
@@ -23,3 +27,19 @@ def test_forever_never_runs_out_and_starts_afresh_for_each_request() -> None:
 
     assert list(itertools.islice(delays, 1000))[-3:] == [10.0, 10.0, 10.0]
     assert list(itertools.islice(delays, 3)) == [1.0, 2.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    ("error", "delay"),
+    [
+        (ApiError(None, "connection refused"), 0.5),
+        (ApiError(429, "storage is (re)initializing", retry_after=3.0), 3.0),
+        (ApiError(429, "too many requests", retry_after=0.1), 0.5),
+        (ApiError(503, "unavailable", retry_after=3600.0), 30.0),
+        (RuntimeError("a bug"), 0.5),
+    ],
+)
+def test_a_write_is_retried_after_the_backoff_or_when_the_server_asks(
+    error: Exception, delay: float
+) -> None:
+    assert retry_delay(Backoff(rand=lambda: 1.0), error) == delay

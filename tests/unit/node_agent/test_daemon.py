@@ -16,10 +16,9 @@ from typing import Any, cast
 import pytest
 
 from navarch.api import EccCounters, GpuStatus, XidSource
-from navarch.backoff import Backoff
 from navarch.errors import ApiError
 from navarch.node_agent.config import AgentConfig
-from navarch.node_agent.daemon import Agent, XidSourceSpec, retry_delay
+from navarch.node_agent.daemon import Agent, XidSourceSpec
 from navarch.node_agent.metrics import AgentMetrics
 from navarch.node_agent.observation import NvmlSnapshot, XidEvent
 from navarch.node_agent.status import AgentIdentity
@@ -288,19 +287,3 @@ def test_the_kernel_log_starts_after_the_existing_status_was_taken_over() -> Non
     finally:
         run.stop.set()
         assert run.agent.join()
-
-
-@pytest.mark.parametrize(
-    ("error", "delay"),
-    [
-        (ApiError(None, "connection refused"), 0.5),
-        (ApiError(429, "storage is (re)initializing", retry_after=3.0), 3.0),
-        (ApiError(429, "too many requests", retry_after=0.1), 0.5),
-        (ApiError(503, "unavailable", retry_after=3600.0), 30.0),
-        (RuntimeError("a bug"), 0.5),
-    ],
-)
-def test_a_write_is_retried_after_the_backoff_or_when_the_server_asks(
-    error: Exception, delay: float
-) -> None:
-    assert retry_delay(Backoff(rand=lambda: 1.0), error) == delay
