@@ -6,7 +6,8 @@ boot id. Its status is built and written by the agent's code, ``NodeState.status
 ``merge_patch`` and ``StatusWriter.patch_status`` (which creates the GpuNodeHealth, owned by
 the Node, on first write), through the agent's API client. Only the threads differ: instead of
 three per node, a few writer threads serve every node, each with its own client, taking urgent
-writes (a fault, a recovery) before heartbeats.
+writes (a fault, a recovery) before heartbeats. A node whose write fails backs off as the
+agent does (``navarch.backoff``), and a fault it sees meanwhile waits for the next try.
 
 A simulated reboot is what a real one is to the agent: a new boot id, a fresh state, GPUs
 back, volatile counters zeroed.
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from navarch import __version__, api
+from navarch.backoff import Backoff, retry_delay
 from navarch.errors import ApiError
 from navarch.node_agent.kube import KubeClient
 from navarch.node_agent.node_state import NodeState
@@ -37,7 +39,6 @@ from navarch.sim.scenario import FaultKind
 log = logging.getLogger(__name__)
 
 URGENT, HEARTBEAT = 0, 1
-RETRY_DELAY = 1.0
 STUCK_AFTER = 3600.0
 """The simulated NVML never hangs; the agent's stuck detector must not fire between writes."""
 
@@ -103,6 +104,7 @@ class AgentFleet:
         writers: int = 8,
         clock: Callable[[], float] = time.monotonic,
         on_urgent_write: Callable[[str, float], None] | None = None,
+        backoff: Callable[[], Backoff] = Backoff,
     ) -> None:
         self.nodes = {n.name: n for n in nodes}
         self._connect = connect
@@ -112,6 +114,10 @@ class AgentFleet:
         self._clock = clock
         self._on_urgent_write = on_urgent_write
         """Told the node and the wall-clock time whenever an urgent write was accepted."""
+        self._backoff = backoff
+        self._backoffs: dict[str, Backoff] = {}
+        self._not_before: dict[str, float] = {}
+        """Nodes whose last write failed: when they may try again."""
         self._lock = threading.Condition()
         self._queue: list[tuple[float, int, str]] = []
         self._queued: dict[str, tuple[int, int]] = {}
@@ -150,7 +156,10 @@ class AgentFleet:
             thread.join(timeout=10)
 
     def write_now(self, name: str) -> None:
-        self._push(name, URGENT, self._clock())
+        """Write ``name`` at once, or when its backoff after a failed write is over."""
+        with self._lock:
+            due = max(self._clock(), self._not_before.get(name, 0.0))
+        self._push(name, URGENT, due)
 
     def _push(self, name: str, priority: int, due: float) -> None:
         with self._lock:
@@ -159,8 +168,8 @@ class AgentFleet:
                 return
             arrival = next(self._arrival)
             self._queued[name] = (priority, arrival)
-            # Urgent writes sort before every heartbeat, due or not.
-            key = -1.0 if priority == URGENT else due
+            # Urgent writes due now sort before every heartbeat, due or not.
+            key = -1.0 if priority == URGENT and due <= self._clock() else due
             heapq.heappush(self._queue, (key, arrival, name))
             self._lock.notify()
 
@@ -169,12 +178,12 @@ class AgentFleet:
             while not self._stop.is_set():
                 if self._queue:
                     due, arrival, name = self._queue[0]
-                    priority = URGENT if due < 0 else HEARTBEAT
                     wait = due - self._clock()
                     if wait <= 0:
                         heapq.heappop(self._queue)
                         # An entry an urgent write overtook is dropped.
-                        if self._queued.get(name, (0, -1))[1] != arrival:
+                        priority, latest = self._queued.get(name, (HEARTBEAT, -1))
+                        if latest != arrival:
                             continue
                         del self._queued[name]
                         if name in self._busy:
@@ -231,9 +240,14 @@ class AgentFleet:
             with self._lock:
                 self.failures += 1
                 self.last_error = str(err)
-            self._push(node.name, HEARTBEAT, self._clock() + RETRY_DELAY)
+                backoff = self._backoffs.setdefault(node.name, self._backoff())
+                retry = self._clock() + retry_delay(backoff, err)
+                self._not_before[node.name] = retry
+            self._push(node.name, HEARTBEAT, retry)
             return False
         with self._lock:
+            self._backoffs.pop(node.name, None)
+            self._not_before.pop(node.name, None)
             self.writes += 1
             # Real agents start at different moments; after the simultaneous first writes the
             # heartbeats are spread over one interval, not all due in the same second.

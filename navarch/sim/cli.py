@@ -21,11 +21,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from navarch.errors import NavarchError
 from navarch.sim import report, scenario
 from navarch.sim.runner import Simulation
+
+if TYPE_CHECKING:
+    from navarch.testing.controlplane import ControlPlane
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +90,8 @@ def run(path: Path, out: Path | None, kubeconfig: Path | None) -> int:
     out = out or DEFAULT_OUT / loaded.name
     out.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    with cluster(kubeconfig, out) as config_path:
-        result = Simulation(loaded, config_path, out).run()
+    with cluster(kubeconfig, out) as (config_path, plane):
+        result = Simulation(loaded, config_path, out, plane=plane).run()
     write(result, out)
     failed = [c for c in result["checks"] if not c["passed"]]
     print(summary(result))
@@ -104,10 +107,11 @@ def write(result: dict[str, Any], out: Path) -> None:
 
 
 @contextlib.contextmanager
-def cluster(kubeconfig: Path | None, out: Path) -> Iterator[Path]:
-    """The given cluster, or a local control plane with the CRDs, for the run's length."""
+def cluster(kubeconfig: Path | None, out: Path) -> Iterator[tuple[Path, ControlPlane | None]]:
+    """The given cluster, or a local control plane with the CRDs, for the run's length; the
+    control plane too when it is the simulator's own."""
     if kubeconfig is not None:
-        yield kubeconfig
+        yield kubeconfig, None
         return
     # The control plane needs the dev extra (cryptography for its certificates).
     from navarch.testing.controlplane import ControlPlane
@@ -116,7 +120,7 @@ def cluster(kubeconfig: Path | None, out: Path) -> Iterator[Path]:
     with ControlPlane() as plane:
         plane.install_crds()
         try:
-            yield plane.kubeconfig
+            yield plane.kubeconfig, plane
         finally:
             apiserver_log = plane.workdir / "kube-apiserver.log"
             if apiserver_log.exists():
@@ -131,6 +135,9 @@ def summary(result: dict[str, Any]) -> str:
     for c in result["checks"]:
         lines.append(f"  [{'PASS' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}")
     lines.append(f"  fault-to-taint: {_stats(taint)}")
+    back = latency.get("apiServerBackToTaint")
+    if back and back["count"]:
+        lines.append(f"  API server back to taint, faults during its outages: {_stats(back)}")
     lines.append(f"  recovery-to-release: {_stats(release)}")
     rate = result["throughput"]["quarantinesPerSecond"]
     peak = result["throughput"]["peakQuarantinesPerSecond"]

@@ -19,6 +19,7 @@ from typing import Any
 
 import urllib3
 
+from navarch.backoff import Backoff
 from navarch.errors import ApiError
 from navarch.node_agent.kube import Credentials, TokenSource, connection_pool
 
@@ -28,6 +29,7 @@ WATCH_SECONDS = 10
 """Short watches: stopping waits for the current one to end, and renewing one is cheap."""
 CONNECT_TIMEOUT = 10.0
 RETRY_DELAY = 1.0
+MAX_RETRY_DELAY = 5.0
 
 
 def navarch_taints(node: Mapping[str, Any], key: str) -> int:
@@ -97,6 +99,8 @@ class TaintObserver:
         return str(body["metadata"]["resourceVersion"])
 
     def _run(self, version: str) -> None:
+        # While the API server is away (a restart in the scenario), lists back off.
+        backoff = Backoff(RETRY_DELAY, MAX_RETRY_DELAY)
         while not self._stop.is_set():
             try:
                 version = self._watch(version)
@@ -104,11 +108,13 @@ class TaintObserver:
                 # 410 Gone or a dropped connection: start again from a fresh list.
                 self.watch_errors += 1
                 log.info("node watch ended (%s); listing again", err)
-                time.sleep(RETRY_DELAY)
+                time.sleep(backoff.next_delay())
                 try:
                     version = self._list()
                 except (urllib3.exceptions.HTTPError, OSError, ValueError, ApiError) as again:
                     log.warning("cannot list nodes: %s", again)
+                else:
+                    backoff.reset()
 
     def _watch(self, version: str) -> str:
         query = {

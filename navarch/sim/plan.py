@@ -1,4 +1,5 @@
-"""A scenario's timeline: every fault, recovery and operator restart, in order. Pure.
+"""A scenario's timeline: every fault, recovery, operator restart and API-server stop and start,
+in order. Pure.
 
 Random faults are drawn up front from the scenario's seed (Poisson arrivals at the given rate,
 kinds by weight), and so are the restart times, so two runs of one scenario play the same
@@ -19,6 +20,8 @@ class StepKind(StrEnum):
     FAULT = "fault"
     RECOVER = "recover"
     RESTART = "restart"
+    STOP_API_SERVER = "stop-api-server"
+    START_API_SERVER = "start-api-server"
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,10 @@ class Step:
     def describe(self) -> str:
         if self.kind is StepKind.RESTART:
             return "operator killed"
+        if self.kind is StepKind.STOP_API_SERVER:
+            return "API server stopped"
+        if self.kind is StepKind.START_API_SERVER:
+            return "API server started"
         assert self.target is not None
         what = str(self.fault) if self.kind is StepKind.FAULT else "recover"
         return f"{what} {describe_target(self.target)}"
@@ -56,6 +63,9 @@ def plan(scenario: Scenario) -> list[Step]:
         Step(f.at, StepKind.FAULT, f.target, f.fault, f.recover_after) for f in scenario.faults
     ]
     steps += [Step(r.at, StepKind.RECOVER, r.target) for r in scenario.recoveries]
+    for outage in scenario.api_server_outages:
+        steps.append(Step(outage.at, StepKind.STOP_API_SERVER))
+        steps.append(Step(outage.at + outage.down, StepKind.START_API_SERVER))
     for source in scenario.random_faults:
         kinds = [k for k, _ in source.mix]
         weights = [w for _, w in source.mix]
@@ -72,4 +82,6 @@ def plan(scenario: Scenario) -> list[Step]:
         while t < scenario.duration:
             steps.append(Step(t, StepKind.RESTART))
             t += rng.uniform(low, high)
-    return sorted((s for s in steps if s.at <= scenario.duration), key=lambda s: s.at)
+    # A start after the duration still happens: the fleet must converge with its API server.
+    kept = (s for s in steps if s.at <= scenario.duration or s.kind is StepKind.START_API_SERVER)
+    return sorted(kept, key=lambda s: s.at)

@@ -4,7 +4,8 @@ request counters.
 CPU and resident memory come from ``/proc/<pid>``, the same numbers ``top`` shows. Request
 counts come from the API server's own ``apiserver_request_total`` counter, which sees every
 client (agents, operator, the simulator itself), so rates are the server's load, not an
-estimate from one side.
+estimate from one side. A restarted API server counts from zero again; the counts before its
+restart carry over (what it served between the last reading and its stop is lost).
 """
 
 from __future__ import annotations
@@ -63,6 +64,21 @@ def parse_request_counts(text: str) -> Counter[str]:
     return counts
 
 
+class RunningTotals:
+    """Totals of counters that start from zero again when their process restarts."""
+
+    def __init__(self) -> None:
+        self._carried: Counter[str] = Counter()
+        self._last: Counter[str] = Counter()
+
+    def add(self, counts: Counter[str]) -> Counter[str]:
+        """The totals given the counters' values now."""
+        if any(counts[key] < value for key, value in self._last.items()):
+            self._carried += self._last
+        self._last = counts
+        return self._carried + counts
+
+
 class RequestCounter:
     """Reads the API server's request counters with the simulator's credentials."""
 
@@ -70,6 +86,7 @@ class RequestCounter:
         self._url = credentials.server + "/metrics"
         self._tokens = TokenSource(credentials.token, credentials.token_file)
         self._pool = connection_pool(credentials, TIMEOUT, TIMEOUT)
+        self._totals = RunningTotals()
 
     def read(self) -> Counter[str] | None:
         """The counts now; None when the metrics cannot be read (no permission, no server)."""
@@ -81,7 +98,7 @@ class RequestCounter:
             return None
         if response.status != 200:
             return None
-        return parse_request_counts(response.data.decode(errors="replace"))
+        return self._totals.add(parse_request_counts(response.data.decode(errors="replace")))
 
     def close(self) -> None:
         self._pool.clear()

@@ -145,8 +145,11 @@ def _summary(result: Mapping[str, Any]) -> str:
         (label, _count(latency[key]["count"]), *(_num(latency[key][s], 3) for s in stats))
         for label, key in (
             ("Fault → taint", "faultToTaint"),
+            ("API server back → taint", "apiServerBackToTaint"),
             ("Recovery → release", "recoveryToRelease"),
         )
+        # Only runs with API-server restarts have faults during an outage.
+        if latency.get(key, {}).get("count")
     ]
     groups: list[tuple[str, list[tuple[str, str]]]] = [
         (

@@ -6,7 +6,7 @@ Phases:
    one simulated agent per node (``agents``), whose first writes create the GpuNodeHealths.
 2. **Start** the real ``navarch-operator`` and wait until it has judged every node Healthy.
 3. **Play** the timeline (``plan``): faults, recoveries, operator SIGKILLs and restarts,
-   sampling the fleet and the operator every second.
+   API-server stops and starts, sampling the fleet and the operator every second.
 4. **Converge**: once the timeline is over, the fleet must reach what the policy asks for
    (``expectations``) within the scenario's timeout.
 
@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from navarch import api
 from navarch.node_agent.kube import KubeClient, load_kubeconfig
@@ -41,9 +41,12 @@ from navarch.sim.agents import AgentFleet, SimNode
 from navarch.sim.expectations import Expected, gpu_condition, mismatches
 from navarch.sim.observer import TaintObserver
 from navarch.sim.plan import Step, StepKind, plan
-from navarch.sim.scenario import FaultKind, Scenario, Target
+from navarch.sim.scenario import FaultKind, Scenario, ScenarioError, Target
 from navarch.testing.operator_process import OperatorProcess
 from navarch.wire import format_time
+
+if TYPE_CHECKING:
+    from navarch.testing.controlplane import ControlPlane
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ SETUP_THREADS = 16
 LIST_TIMEOUT = 120.0
 """Seconds to read a list of thousands of GpuNodeHealths on a busy machine."""
 PROGRESS_INTERVAL = 5.0
+API_SERVER_START_TIMEOUT = 120.0
 NAVARCH_RESOURCES = frozenset({"nodes", "events", api.GNH_PLURAL, api.GHP_PLURAL})
 """What Navarch writes: the per-node write rate counts these, not the API server's own."""
 
@@ -90,6 +94,8 @@ class Latencies:
     """From the API server accepting the agent's status write: the operator's share."""
     missed: int = 0
     """Faults never followed by a taint (held by storm protection, or recovered first)."""
+    after_outage: list[float] = field(default_factory=list)
+    """Faults injected while the API server was stopped: from its answering again."""
 
 
 @dataclass
@@ -168,7 +174,16 @@ class Simulation:
         kubeconfig: Path,
         workdir: Path,
         progress: Callable[[str], None] = print,
+        plane: ControlPlane | None = None,
     ) -> None:
+        """``plane``: the control plane the simulator started, which API-server restarts
+        need."""
+        if scenario.api_server_outages and plane is None:
+            raise ScenarioError(
+                scenario.file,
+                "apiServer.restarts needs the simulator's own control plane, not --kubeconfig",
+            )
+        self.plane = plane
         self.scenario = scenario
         self.kubeconfig = kubeconfig
         self.workdir = workdir
@@ -207,6 +222,8 @@ class Simulation:
         self.recoveries: list[RecoveryRecord] = []
         self.samples: list[Sample] = []
         self.events: list[dict[str, Any]] = []
+        self.outages: list[tuple[float, float | None]] = []
+        """When the API server was stopped, and when it answered again."""
         self.t0 = 0.0
         self._stop_sampling = threading.Event()
         self._api_rate: float | None = None
@@ -370,6 +387,20 @@ class Simulation:
         if step.kind is StepKind.RESTART:
             self.operator.kill()
             self.operator.start(wait=False)
+            return []
+        if step.kind is StepKind.STOP_API_SERVER:
+            assert self.plane is not None
+            self.plane.stop_apiserver()
+            self.outages.append((at, None))
+            return []
+        if step.kind is StepKind.START_API_SERVER:
+            # From this thread, which outlives the API server (see ``die_with_parent``); the
+            # timeline waits the few seconds it takes to answer.
+            assert self.plane is not None
+            self.plane.start_apiserver(API_SERVER_START_TIMEOUT)
+            back = time.time()
+            self.outages[-1] = (self.outages[-1][0], back)
+            self.events.append({"t": round(back - self.t0, 3), "what": "API server answering"})
             return []
         assert step.target is not None
         if step.kind is StepKind.RECOVER:
@@ -542,12 +573,22 @@ class Simulation:
                 out.missed += 1
                 continue
             out.overall.append(tainted - f.at)
+            back = self._answering_again(f.at)
+            if back is not None:
+                out.after_outage.append(max(0.0, tainted - back))
             out.by_kind.setdefault(str(f.fault), []).append(tainted - f.at)
             if f.step is not None:
                 out.by_step.setdefault(f.step, []).append(tainted - f.at)
             if f.written_at is not None:
                 out.from_status.append(max(0.0, tainted - f.written_at))
         return out
+
+    def _answering_again(self, at: float) -> float | None:
+        """When the API server answered again, if it was stopped at ``at``."""
+        for stopped, back in self.outages:
+            if back is not None and stopped <= at <= back:
+                return back
+        return None
 
     def _releases(self) -> tuple[list[float], int]:
         out: list[float] = []
@@ -644,6 +685,7 @@ class Simulation:
                     "samples": _rounded(latencies.overall),
                 },
                 "statusToTaint": stats.summarize(latencies.from_status),
+                "apiServerBackToTaint": stats.summarize(latencies.after_outage),
                 "recoveryToRelease": {**stats.summarize(releases), "samples": _rounded(releases)},
                 "faultToTaintByFault": {
                     k: stats.summarize(v) for k, v in latencies.by_kind.items()

@@ -1,7 +1,8 @@
 """Simulator scenario files: the YAML format, read into checked, typed values.
 
 A scenario says how big the fleet is, which GpuHealthPolicy governs it, and what happens to it
-over time: faults at fixed moments, random faults at a rate, recoveries, and operator restarts.
+over time: faults at fixed moments, random faults at a rate, recoveries, operator restarts and
+API-server restarts.
 ``scenarios/README.md`` documents every key with examples. Reading goes through the same typed
 conversion as the custom resources, so a mistake is reported with its exact path
 (``faults[2].nodes: Input should be a valid integer, got 'ten'``), and keys that mean nothing
@@ -99,6 +100,21 @@ class OperatorSettings(Model):
     )
 
 
+class ApiServerRestart(Model):
+    at: str = Field(description="When the API server stops, after the scenario starts.")
+    down: str = Field(
+        description="How long it stays stopped before it starts again, on the same port and etcd."
+    )
+
+
+class ApiServerSettings(Model):
+    restarts: list[ApiServerRestart] = Field(
+        default_factory=list,
+        description="Stop the API server and start it again, as a control-plane upgrade does. "
+        "Needs the simulator's own control plane.",
+    )
+
+
 class ScheduledFault(Model):
     at: str = Field(description="When, after the scenario starts.")
     fault: str = Field(description="What breaks: 'xid N', 'ecc', 'gpu-lost' or 'silence'.")
@@ -149,6 +165,9 @@ class ScenarioFile(Model):
     operator: OperatorSettings = Field(
         default_factory=OperatorSettings, description="How the operator runs."
     )
+    api_server: ApiServerSettings = Field(
+        default_factory=ApiServerSettings, description="What happens to the API server."
+    )
     faults: list[ScheduledFault] = Field(default_factory=list, description="Faults at fixed times.")
     random_faults: list[RandomFaults] = Field(
         default_factory=list, description="Faults at random times."
@@ -183,6 +202,12 @@ class RecoveryAction:
 
 
 @dataclass(frozen=True)
+class ApiServerOutage:
+    at: float
+    down: float
+
+
+@dataclass(frozen=True)
 class RandomFaultSource:
     rate: float
     mix: tuple[tuple[FaultKind, float], ...]
@@ -210,6 +235,7 @@ class Scenario:
     policy_spec: api.GpuHealthPolicySpec
     workers: int
     restarts: tuple[float, float] | None
+    api_server_outages: tuple[ApiServerOutage, ...]
     faults: tuple[FaultAction, ...]
     random_faults: tuple[RandomFaultSource, ...]
     recoveries: tuple[RecoveryAction, ...]
@@ -331,6 +357,7 @@ def _resolve(raw: ScenarioFile, source: str) -> Scenario:
         restarts = (low, high)
     if raw.operator.workers < 1:
         raise InvalidObjectError("scenario.operator.workers", "must be at least 1")
+    outages = _outages(raw.api_server.restarts, duration)
     faults = []
     for i, f in enumerate(raw.faults):
         path = f"scenario.faults[{i}]"
@@ -368,6 +395,7 @@ def _resolve(raw: ScenarioFile, source: str) -> Scenario:
         policy_spec=spec,
         workers=raw.operator.workers,
         restarts=restarts,
+        api_server_outages=outages,
         faults=tuple(faults),
         random_faults=tuple(sources),
         recoveries=tuple(recoveries),
@@ -390,6 +418,21 @@ def _resolve(raw: ScenarioFile, source: str) -> Scenario:
     if scenario.heartbeat_interval <= 0:
         raise InvalidObjectError("scenario.fleet.heartbeatInterval", "must be positive")
     return scenario
+
+
+def _outages(raw: list[ApiServerRestart], duration: float) -> tuple[ApiServerOutage, ...]:
+    outages: list[ApiServerOutage] = []
+    for i, restart in enumerate(raw):
+        path = f"scenario.apiServer.restarts[{i}]"
+        at, down = _seconds(restart.at, f"{path}.at"), _seconds(restart.down, f"{path}.down")
+        if not 0 <= at <= duration:
+            raise InvalidObjectError(f"{path}.at", "must be within the duration")
+        if not down > 0:
+            raise InvalidObjectError(f"{path}.down", "must be positive")
+        if outages and at <= outages[-1].at + outages[-1].down:
+            raise InvalidObjectError(f"{path}.at", "must be after the previous restart is over")
+        outages.append(ApiServerOutage(at, down))
+    return tuple(outages)
 
 
 def _random_source(raw: RandomFaults, path: str, duration: float) -> RandomFaultSource:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from navarch import api
+from navarch.backoff import Backoff
 from navarch.errors import ApiError
 from navarch.node_agent.writer import GNH_COLLECTION
-from navarch.sim import agents
 from navarch.sim.agents import AgentFleet, SimNode
 from navarch.sim.scenario import FaultKind
 
@@ -141,6 +141,7 @@ def start_fleet() -> Iterator[StartFleet]:
         interval: float = NEVER,
         writers: int = 4,
         on_urgent_write: Callable[[str, float], None] | None = None,
+        backoff: Callable[[], Backoff] = lambda: Backoff(base=0.05, cap=0.05),
     ) -> AgentFleet:
         fleet = AgentFleet(
             server.connect,  # type: ignore[arg-type]
@@ -148,6 +149,7 @@ def start_fleet() -> Iterator[StartFleet]:
             heartbeat_interval=interval,
             writers=writers,
             on_urgent_write=on_urgent_write,
+            backoff=backoff,
         )
         fleets.append(fleet)
         fleet.start()
@@ -299,10 +301,7 @@ def test_reboot_brings_back_a_silenced_node(start_fleet: StartFleet) -> None:
     wait_for(lambda: server.count("sim-0000") >= 2, "a write after the reboot")
 
 
-def test_api_errors_are_counted_and_the_write_retried(
-    start_fleet: StartFleet, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(agents, "RETRY_DELAY", 0.05)
+def test_api_errors_are_counted_and_the_write_retried(start_fleet: StartFleet) -> None:
     server = ApiServer(fail=Counter({"sim-0001": 2}))
 
     fleet = started(start_fleet, server)
@@ -342,9 +341,8 @@ def test_on_urgent_write_is_told_of_urgent_writes_only(start_fleet: StartFleet) 
 
 
 def test_urgent_write_that_fails_is_reported_once_its_retry_is_accepted(
-    start_fleet: StartFleet, monkeypatch: pytest.MonkeyPatch
+    start_fleet: StartFleet,
 ) -> None:
-    monkeypatch.setattr(agents, "RETRY_DELAY", 0.05)
     told: list[str] = []
     server = ApiServer()
     fleet = started(start_fleet, server, on_urgent_write=lambda n, _: told.append(n))
@@ -386,3 +384,18 @@ def test_write_asked_for_during_a_write_still_goes_out(start_fleet: StartFleet) 
     assert server.writes_of("sim-0000")[1].xid_codes() == []
     assert server.last("sim-0000").xid_codes() == [79]
     assert server.most_in_flight["sim-0000"] == 1
+
+
+def test_a_fault_seen_while_writes_fail_waits_for_the_backoff(start_fleet: StartFleet) -> None:
+    server = ApiServer()
+    fleet = started(start_fleet, server, backoff=lambda: Backoff(base=3600, cap=3600))
+    with server.lock:
+        server.fail["sim-0000"] = 1
+    fleet.write_now("sim-0000")
+    wait_for(lambda: fleet.failures == 1, "the failed write")
+
+    fault(fleet, "sim-0000", "xid 79")
+    fault(fleet, "sim-0001", "xid 79")
+
+    wait_for(lambda: server.last("sim-0001").xid_codes() == [79], "the other node's fault")
+    assert server.attempts["sim-0000"] == 2

@@ -20,6 +20,7 @@ def scenario(
     random_faults: list[dict[str, Any]] | None = None,
     recoveries: list[dict[str, Any]] | None = None,
     restarts: tuple[str, str] | None = None,
+    api_server_restarts: list[dict[str, str]] | None = None,
 ) -> Scenario:
     data: dict[str, Any] = {
         "name": "plan-test",
@@ -32,6 +33,8 @@ def scenario(
     }
     if restarts is not None:
         data["operator"] = {"restarts": {"minInterval": restarts[0], "maxInterval": restarts[1]}}
+    if api_server_restarts is not None:
+        data["apiServer"] = {"restarts": api_server_restarts}
     return parse(data, "test")
 
 
@@ -56,6 +59,7 @@ def busy_scenario(seed: int = 1) -> Scenario:
         recoveries=[{"at": "4m", "all": True}, {"at": "1m", "rack": 2}],
         random_faults=[rain(0.2, {"xid 79": 1, "xid 13": 1})],
         restarts=("10s", "40s"),
+        api_server_restarts=[{"at": "3m", "down": "20s"}],
     )
 
 
@@ -183,6 +187,25 @@ def test_describe_names_recoveries_and_restarts() -> None:
     assert Step(1.0, StepKind.RECOVER, Target(every=True)).describe() == "recover all faulty"
     assert Step(1.0, StepKind.RECOVER, Target(rack=0)).describe() == "recover rack 0"
     assert Step(1.0, StepKind.RESTART).describe() == "operator killed"
+
+
+def test_an_api_server_restart_stops_it_and_starts_it_again_even_past_the_end() -> None:
+    steps = plan(
+        scenario(
+            duration="1m",
+            faults=[fault("5s")],
+            api_server_restarts=[{"at": "10s", "down": "15s"}, {"at": "50s", "down": "30s"}],
+        )
+    )
+
+    outage = [(s.at, s.kind) for s in steps if s.kind is not StepKind.FAULT]
+    assert outage == [
+        (10, StepKind.STOP_API_SERVER),
+        (25, StepKind.START_API_SERVER),
+        (50, StepKind.STOP_API_SERVER),
+        (80, StepKind.START_API_SERVER),
+    ]
+    assert [s.describe() for s in steps[1:3]] == ["API server stopped", "API server started"]
 
 
 def test_describe_target_shortens_long_name_lists() -> None:

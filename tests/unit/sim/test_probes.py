@@ -8,6 +8,7 @@ from collections import Counter
 from navarch.node_agent.kube import Credentials
 from navarch.sim.probes import (
     RequestCounter,
+    RunningTotals,
     cpu_seconds,
     parse_request_counts,
     request_key,
@@ -129,3 +130,22 @@ def test_request_counter_without_a_readable_token_or_server_reads_nothing() -> N
             assert counter.read() is None
         finally:
             counter.close()
+
+
+def test_counts_carry_over_a_restart_of_the_api_server() -> None:
+    totals = RunningTotals()
+    assert totals.add(Counter({"PATCH nodes": 10, "GET nodes": 5})) == {
+        "PATCH nodes": 10,
+        "GET nodes": 5,
+    }
+    assert totals.add(Counter({"PATCH nodes": 12, "GET nodes": 5})) == {
+        "PATCH nodes": 12,
+        "GET nodes": 5,
+    }
+    # Restarted: it counts from zero again.
+    assert totals.add(Counter({"PATCH nodes": 3, "LIST nodes": 1})) == {
+        "PATCH nodes": 15,
+        "GET nodes": 5,
+        "LIST nodes": 1,
+    }
+    assert totals.add(Counter({"PATCH nodes": 4, "LIST nodes": 1}))["PATCH nodes"] == 16

@@ -1,13 +1,18 @@
-"""The simulator's accounting of the operator's CPU and memory across restarts."""
+"""The simulator's accounting of the operator's CPU and memory across restarts, and what it
+needs to restart the API server."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from navarch.sim import probes
-from navarch.sim.runner import OperatorUsage
+from navarch.sim.runner import OperatorUsage, Simulation
+from navarch.sim.scenario import ScenarioError, parse
 
 
 def burn(seconds: float) -> None:
@@ -55,3 +60,18 @@ def test_a_process_that_is_gone_gives_no_sample() -> None:
     usage = OperatorUsage()
     assert usage.sample(None) == (None, None)
     assert usage.cpu_seconds == 0.0
+
+
+def test_api_server_restarts_need_the_simulators_own_control_plane(tmp_path: Path) -> None:
+    scenario = parse(
+        {
+            "name": "restarts",
+            "duration": "1m",
+            "fleet": {"nodes": 1},
+            "apiServer": {"restarts": [{"at": "10s", "down": "5s"}]},
+        },
+        "restarts.yaml",
+    )
+
+    with pytest.raises(ScenarioError, match="needs the simulator's own control plane"):
+        Simulation(scenario, tmp_path / "kubeconfig", tmp_path)

@@ -289,6 +289,20 @@ def test_recovery_target_needs_exactly_one_including_all(recovery: dict[str, Any
             scenario_data(operator={"restarts": {"minInterval": "20s", "maxInterval": "5s"}}),
             "scenario.operator.restarts",
         ),
+        (
+            scenario_data(apiServer={"restarts": [{"at": "61s", "down": "5s"}]}),
+            "scenario.apiServer.restarts[0].at",
+        ),
+        (
+            scenario_data(apiServer={"restarts": [{"at": "10s", "down": "0s"}]}),
+            "scenario.apiServer.restarts[0].down",
+        ),
+        (
+            scenario_data(
+                apiServer={"restarts": [{"at": "10s", "down": "20s"}, {"at": "25s", "down": "5s"}]}
+            ),
+            "scenario.apiServer.restarts[1].at",
+        ),
     ],
     ids=[
         "rack-past-last",
@@ -321,12 +335,24 @@ def test_recovery_target_needs_exactly_one_including_all(recovery: dict[str, Any
         "bad-duration",
         "no-workers",
         "restart-interval-reversed",
+        "api-server-restart-after-duration",
+        "api-server-down-for-nothing",
+        "api-server-restarts-overlap",
     ],
 )
 def test_unrunnable_scenario_is_refused_naming_the_offending_path(
     data: dict[str, Any], path: str
 ) -> None:
     assert refusal(data).startswith(f"{path}: ")
+
+
+def test_api_server_restarts_convert_to_seconds() -> None:
+    scenario = build(
+        apiServer={"restarts": [{"at": "10s", "down": "15s"}, {"at": "50s", "down": "1m"}]}
+    )
+
+    assert [(o.at, o.down) for o in scenario.api_server_outages] == [(10, 15), (50, 60)]
+    assert build().api_server_outages == ()
 
 
 def test_fleet_of_exactly_the_maximum_is_accepted() -> None:
