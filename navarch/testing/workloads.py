@@ -6,12 +6,12 @@ a pod's life depends on: ReplicaSet, Deployment, DaemonSet, Job, disruption budg
 lifecycle with taint-based eviction, garbage collection, ServiceAccount tokens) and fake Nodes.
 
 Each fake Node has its own ``kwok`` process playing its kubelet: it reports the node Ready,
-renews the node's Lease and takes the pods bound to it through the Stages below (running and
-ready; a Job's pods to Succeeded or Failed, as the pod's ``OUTCOME`` annotation says; deleted
-once the API server marks them for deletion). No container runs: a pod's image is never pulled.
-Stopping a node's kubelet is the node dying: its Lease goes stale, the node lifecycle
-controller marks it NotReady and taints it, and its pods stay as they were, as with a real
-kubelet that is gone.
+renews the node's Lease and takes the pods bound to it through the Stages of
+``kwok-stages.yaml`` (running and ready; a Job's pods to Succeeded or Failed, as the pod's
+``OUTCOME`` annotation says; removed once the API server marks them for deletion). No
+container runs: a pod's image is never pulled. Stopping a node's kubelet is the node dying:
+its Lease goes stale, the node lifecycle controller marks it NotReady and taints it, and
+nothing on the node answers for its pods any more, as with a real kubelet that is gone.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ RUNS_FOR = "workloads.navarch.dev/runs-for"
 LEASE_SECONDS = 20
 """Node Lease duration; KWOK renews it every quarter of that, as the kubelet does."""
 NODE_MONITOR_GRACE = "20s"
-"""How long a node may go without renewing its Lease before it is NotReady. The kubelet's
-defaults are 40 s and 50 s; shorter here so that tests see a node die within half a minute."""
+"""How long a node may go without renewing its Lease before it is NotReady. By default a
+kubelet's Lease lasts 40 s and the controller manager waits 50 s; shorter here, so that tests
+see a node die within half a minute."""
 
 CONTROLLERS = (
     "serviceaccount-controller",
@@ -204,6 +205,7 @@ class WorkloadPlane:
         self.wait_schedulable(name, timeout)
 
     def start_kubelet(self, name: str) -> None:
+        """Start the kubelet of a registered node, or start it again after ``stop_kubelet``."""
         index = self.nodes.index(name)
         self._spawn(
             f"kwok-{name}",
@@ -212,7 +214,7 @@ class WorkloadPlane:
                 f"--kubeconfig={self.plane.kubeconfig}",
                 f"--config={STAGES}",
                 f"--manage-single-node={name}",
-                f"--node-ip=10.96.{100 + index // 250}.{index % 250 + 1}",
+                f"--node-ip=172.20.{index // 250}.{index % 250 + 1}",
                 f"--node-lease-duration-seconds={LEASE_SECONDS}",
                 # Its INFO lines are one per lease renewal and status patch.
                 "-v=WARN",
