@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # One image for both components. The chart runs `navarch-agent run` in the DaemonSet and
-# `navarch-operator` in the Deployment; the default command is the operator.
+# `navarch-operator` in the Deployment; the default command is the operator. It holds the
+# runtime only: .dockerignore keeps the sim extra's tooling (navarch/sim, navarch/testing,
+# navarch/demo.py) out of the build context, so navarch-sim here says which extra it needs.
 #
 # Bases are pinned by tag. Pin them by digest as well where you build and publish
 # (`docker buildx imagetools inspect python:3.11.13-slim-bookworm`): the machines this

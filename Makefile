@@ -49,7 +49,7 @@ generate: venv
 
 ## Start a local control plane, install the chart and show what is there.
 demo: venv testenv
-	$(PY) -m navarch.demo
+	$(VENV)/bin/navarch-demo
 
 ## Play a fleet-simulator scenario (scenarios/README.md); the report goes to sim-results/<name>/.
 SCENARIO ?= scenarios/quick.yaml

@@ -45,13 +45,16 @@ $kubectl label nodes --all nvidia.com/gpu.present=true --overwrite
 echo "== image"
 docker build -t navarch:base "$root"
 # Test-only layer: the fake libnvidia-ml.so, compiled for the image's glibc against the same
-# NVIDIA nvml.h as the tests use (the dev extra's nvidia-nvml-dev, passed as a build context).
-# The production image above stays compiler-free; this one never leaves the kind cluster.
+# NVIDIA nvml.h as the tests use (the sim extra's nvidia-nvml-dev, passed as a build context).
+# The production image above stays compiler-free; this one never leaves the kind cluster. Its
+# source comes as a build context of its own: .dockerignore keeps navarch/testing out of the
+# image's.
 nvml_include="$("$root/.venv/bin/python" -c \
   'from navarch.testing.fake_nvml import nvml_include_dir; print(nvml_include_dir())')"
-docker build -t "$image" --build-context nvml-include="$nvml_include" -f - "$root" <<'DOCKERFILE'
+docker build -t "$image" --build-context nvml-include="$nvml_include" \
+  --build-context fake-nvml-src="$root/navarch/testing" -f - "$root" <<'DOCKERFILE'
 FROM python:3.11.13-bookworm AS fake-nvml
-COPY navarch/testing/fake_nvml.c /src/fake_nvml.c
+COPY --from=fake-nvml-src fake_nvml.c /src/fake_nvml.c
 COPY --from=nvml-include nvml.h /usr/local/include/nvml.h
 RUN gcc -O2 -Wall -Wextra -Wmissing-prototypes -fvisibility=hidden -shared -fPIC \
     -Wl,-soname,libnvidia-ml.so.1 -o /src/libnvidia-ml.so.1 /src/fake_nvml.c -lpthread

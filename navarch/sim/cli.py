@@ -113,7 +113,7 @@ def cluster(kubeconfig: Path | None, out: Path) -> Iterator[tuple[Path, ControlP
     if kubeconfig is not None:
         yield kubeconfig, None
         return
-    # The control plane needs the dev extra (cryptography for its certificates).
+    # The control plane needs the sim extra (cryptography for its certificates).
     from navarch.testing.controlplane import ControlPlane
 
     print("starting etcd and kube-apiserver", flush=True)

@@ -1,1 +1,2 @@
-"""Fakes at the hardware boundary, shipped so the demo and the simulator can use them too."""
+"""Fakes at the hardware boundary and the local control plane, for the tests, the demo and the
+simulator: the ``sim`` extra, not the runtime."""

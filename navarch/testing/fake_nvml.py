@@ -135,7 +135,7 @@ def nvml_include_dir() -> Path:
         distribution = importlib.metadata.distribution(NVML_HEADER_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
         raise FakeNvmlBuildError(
-            f"NVIDIA's nvml.h is missing; install {NVML_HEADER_PACKAGE} (navarch's dev extra)"
+            f"NVIDIA's nvml.h is missing; install {NVML_HEADER_PACKAGE} (navarch's sim extra)"
         ) from None
     for file in distribution.files or ():
         header = Path(str(distribution.locate_file(file)))
