@@ -199,10 +199,12 @@ def test_release_waits_for_healthy_for(world: World) -> None:
 def test_heartbeat_loss_makes_gpu_healthy_unknown_without_quarantine(world: World) -> None:
     world.policy(heartbeatTimeout="3s")
     name = world.node()
+    # The node is Unknown (NoStatus) for a moment before its first status is judged.
     condition = eventually(
-        lambda: (c := world.node_condition(name)) and c["status"] == "Unknown" and c, timeout=30
+        lambda: (c := world.node_condition(name)) and c["reason"] == "HeartbeatStale" and c,
+        timeout=30,
     )
-    assert condition["reason"] == "HeartbeatStale"
+    assert condition["status"] == "Unknown"
     verdict_when(world, name, reason="HeartbeatStale")
     assert released(world, name)
 
@@ -224,9 +226,9 @@ def test_storm_protection_holds_and_resumes_in_fault_order(world: World) -> None
     eventually(lambda: world.verdict(third).get("action") == "Held")
     eventually(lambda: world.verdict(fourth).get("action") == "Held")
     assert released(world, third) and released(world, fourth)
-    status = eventually(lambda: _tripped(world, policy))
+    # Policy statuses are written at most once a second: the first may count one held node.
+    status = eventually(lambda: (s := _tripped(world, policy)) and s["counts"]["held"] == 2 and s)
     assert status["counts"]["quarantined"] == 2
-    assert status["counts"]["held"] == 2
     eventually(lambda: "StormProtection" in world.reasons(policy, api.GHP_KIND))
     eventually(lambda: "StormProtection" in world.reasons(third, "Node"))
 
