@@ -209,7 +209,9 @@ class Reconciler:
 
     def _deadline(self, now: datetime) -> datetime:
         resync = None if self._resyncing else self._resync_at
-        deadlines = [d for d in (self.fleet.next_due(), self._next_report(), resync) if d]
+        deadlines = [
+            d for d in (self.fleet.next_due(), self._next_report(), resync) if d is not None
+        ]
         return min([*deadlines, now + IDLE_WAIT])
 
     def _next_report(self) -> datetime | None:
