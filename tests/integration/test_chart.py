@@ -214,6 +214,7 @@ def test_operator_is_a_single_non_root_instance_with_a_read_only_root(cluster: C
         "--metrics-port=8080",
         *METRICS_TLS_ARGS,
         "--health-port=8081",
+        "--stall-timeout=300",
         "--log-format=json",
     ]
     assert container["securityContext"] == {
@@ -231,7 +232,7 @@ def test_operator_is_a_single_non_root_instance_with_a_read_only_root(cluster: C
         {"name": "health", "containerPort": 8081, "protocol": "TCP"},
     ]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     rules = find(docs, "ClusterRole", "nv-navarch-operator")["rules"]
     assert not [r for r in rules if "kopf.dev" in r["apiGroups"]]
     assert not [d for d in docs if d["kind"] == "ClusterKopfPeering"]
@@ -279,6 +280,7 @@ def test_peering_adds_the_flag_the_peering_object_and_its_rbac(cluster: Cluster)
         "--metrics-port=8080",
         *METRICS_TLS_ARGS,
         "--health-port=8081",
+        "--stall-timeout=300",
         "--log-format=json",
         "--peering=nv-navarch",
         "--workers=4",
@@ -468,6 +470,11 @@ BAD_VALUES = [
         ("--set", "operator.replicas=2"),
         "additional properties 'replicas' not allowed",
         id="no-replicas",
+    ),
+    pytest.param(
+        ("--set", "operator.stallTimeout=5"),
+        "at '/operator/stallTimeout': minimum: got 5, want 15",
+        id="stall-timeout",
     ),
 ]
 
