@@ -35,6 +35,7 @@ from navarch.backoff import Backoff, retry_delay
 from navarch.errors import ApiError, InvalidObjectError
 from navarch.metrics_auth import RequestAuth
 from navarch.node_agent import host
+from navarch.node_agent.clock import SYSTEM_CLOCK, Clock
 from navarch.node_agent.config import AgentConfig
 from navarch.node_agent.kmsg import KmsgWatcher
 from navarch.node_agent.kube import Credentials, KubeClient, in_cluster, load_kubeconfig
@@ -118,6 +119,7 @@ class Agent:
         metrics: AgentMetrics,
         stop: threading.Event,
         now: Callable[[], datetime] = _utc_now,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._config = config
         self._writer = writer
@@ -127,11 +129,14 @@ class Agent:
         self._metrics = metrics
         self._stop = stop
         self._now = now
+        self._clock = clock
         self._wake = threading.Event()
         self._seeded = threading.Event()
-        self._state = NodeState(stuck_after=max(30.0, 3 * config.poll_interval))
+        self._state = NodeState(
+            stuck_after=max(30.0, 3 * config.poll_interval), clock=clock.monotonic
+        )
         self._threads: list[threading.Thread] = []
-        self._writer_ran = time.monotonic()
+        self._writer_ran = clock.monotonic()
         self._written = threading.Event()
         self._failing_since: float | None = None
         self._expected = config.expected_gpus
@@ -148,6 +153,7 @@ class Agent:
     def join(self) -> bool:
         """Waits for the threads after ``stop``; True when all ended within the grace."""
         self._wake.set()
+        # Real time, not the clock's: it bounds how long real threads take to end.
         deadline = time.monotonic() + SHUTDOWN_GRACE
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -162,7 +168,7 @@ class Agent:
             return False, f"threads ended: {', '.join(dead)}"
         # A hung NVML call is not a reason to restart the agent: it is reported in status,
         # which needs the writer, so liveness watches the threads and the writer only.
-        age = time.monotonic() - self._writer_ran
+        age = self._clock.monotonic() - self._writer_ran
         if age > ALIVE_TIMEOUT:
             return False, f"writer loop has not run for {age:.0f}s"
         return True, "ok"
@@ -173,7 +179,8 @@ class Agent:
             return False, "no status written yet"
         failing_since = self._failing_since
         if failing_since is not None:
-            return False, f"status writes failing for {time.monotonic() - failing_since:.0f}s"
+            failing_for = self._clock.monotonic() - failing_since
+            return False, f"status writes failing for {failing_for:.0f}s"
         return True, "ok"
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
@@ -186,15 +193,15 @@ class Agent:
     def _collect_loop(self) -> None:
         interval = self._config.poll_interval
         while not self._stop.is_set():
-            started = time.monotonic()
+            started = self._clock.monotonic()
             try:
                 self._collect_once()
             except Exception:  # collection goes on after a delay; the other threads never stop
                 log.exception("collector crashed; next pass in %gs", SOURCE_RESTART_DELAY)
                 self._metrics.collector_errors.labels("nvml").inc()
-                self._stop.wait(SOURCE_RESTART_DELAY)
+                self._clock.wait(self._stop, SOURCE_RESTART_DELAY)
                 continue
-            self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
+            self._clock.wait(self._stop, max(0.0, interval - (self._clock.monotonic() - started)))
 
     def _collect_once(self) -> None:
         self._state.collecting(self._now())
@@ -213,7 +220,7 @@ class Agent:
 
     def _watch_loop(self, source: XidSourceSpec) -> None:
         if source.after_seed:
-            while not self._seeded.wait(WATCH_TIMEOUT):
+            while not self._clock.wait(self._seeded, WATCH_TIMEOUT):
                 if self._stop.is_set():
                     return
         watcher = source.make()
@@ -230,7 +237,7 @@ class Agent:
                     )
                     self._metrics.collector_errors.labels(source.name).inc()
                     _close(watcher, source.name)
-                    if self._stop.wait(SOURCE_RESTART_DELAY):
+                    if self._clock.wait(self._stop, SOURCE_RESTART_DELAY):
                         return
                     watcher = source.make()
                     continue
@@ -257,24 +264,24 @@ class Agent:
     def _write_loop(self) -> None:
         progress = _WriteState()
         while not self._stop.is_set():
-            self._writer_ran = time.monotonic()
+            self._writer_ran = self._clock.monotonic()
             # Sleeps until something is due; every change and ``stop`` set the wake event. It
             # wakes well within the liveness bound whatever the intervals, so that a long
             # poll or heartbeat interval is not taken for a stuck writer.
-            now = time.monotonic()
+            now = self._clock.monotonic()
             timeout = ALIVE_TIMEOUT / 2
             if progress.not_before > now:
                 timeout = min(timeout, progress.not_before - now)
             if progress.last_write is not None:
                 heartbeat_at = progress.last_write + self._config.heartbeat_interval
                 timeout = min(timeout, max(0.0, heartbeat_at - now))
-            self._wake.wait(timeout)
+            self._clock.wait(self._wake, timeout)
             self._wake.clear()
             if not self._stop.is_set():
                 self._write_if_due(progress)
 
     def _write_if_due(self, progress: _WriteState) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if now < progress.not_before or not self._state.ready():
             return
         version = self._state.version
@@ -306,7 +313,7 @@ class Agent:
             self._writer.patch_status(merge_patch(status))
         except Exception as e:  # the writer backs off and retries whatever went wrong
             delay = retry_delay(progress.backoff, e)
-            progress.not_before = time.monotonic() + delay
+            progress.not_before = self._clock.monotonic() + delay
             self._metrics.write_failed(e.status if isinstance(e, ApiError) else None)
             if not isinstance(e, ApiError):
                 log.exception("status write crashed; retrying in %.1fs", delay)
@@ -315,7 +322,7 @@ class Agent:
                 log.log(level, "cannot write status (%s); retrying in %.1fs", e, delay)
             progress.failing = True
             if self._failing_since is None:
-                self._failing_since = time.monotonic()
+                self._failing_since = self._clock.monotonic()
             return
         self._failing_since = None
         if progress.failing:
@@ -323,7 +330,7 @@ class Agent:
         progress.backoff.reset()
         progress.failing = False
         progress.last_write, progress.last_view, progress.written_version = (
-            time.monotonic(),
+            self._clock.monotonic(),
             view,
             version,
         )

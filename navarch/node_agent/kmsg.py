@@ -18,12 +18,12 @@ import os
 import re
 import select
 import stat
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from navarch.api import XidSource
+from navarch.node_agent.clock import SYSTEM_CLOCK, Clock
 from navarch.node_agent.observation import XidEvent
 from navarch.pci import normalize_pci_bus_id
 
@@ -127,9 +127,9 @@ class KmsgWatcher:
 
     Record times: a ``/dev/kmsg`` record carries the time it was logged in microseconds of
     CLOCK_MONOTONIC (the kernel's dev-kmsg ABI), so its wall-clock time is
-    ``wall_clock() - (monotonic_clock() - record time)``. Lines without a record time get the
-    time they were read. ``wall_clock`` and ``monotonic_clock`` are injectable for that
-    conversion; waiting always uses the real monotonic clock, and ``sleep`` is injectable.
+    ``wall_clock() - (clock.monotonic() - record time)``. Lines without a record time get the
+    time they were read. ``clock`` also keeps the time of ``wait`` and does its sleeping; on a
+    character device such as ``/dev/kmsg`` it blocks in ``poll`` instead.
 
     ``wait`` never raises. When the log cannot be opened or read, :attr:`error` says why, ``wait``
     sleeps its timeout and the next call tries again.
@@ -145,14 +145,12 @@ class KmsgWatcher:
         path: str = DEFAULT_PATH,
         *,
         wall_clock: Callable[[], datetime] = _utc_now,
-        monotonic_clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        clock: Clock = SYSTEM_CLOCK,
         file_poll_interval: float = 0.1,
     ) -> None:
         self._path = path
         self._wall_clock = wall_clock
-        self._monotonic_clock = monotonic_clock
-        self._sleep = sleep
+        self._clock = clock
         self._file_poll_interval = file_poll_interval
         self._fd: int | None = None
         self._regular_file = False
@@ -181,18 +179,18 @@ class KmsgWatcher:
     def wait(self, timeout: float) -> list[XidEvent]:
         """XIDs logged since the last call, waiting up to ``timeout`` seconds for the first."""
         timeout = max(0.0, timeout)
-        deadline = time.monotonic() + timeout
+        deadline = self._clock.monotonic() + timeout
         if self._fd is None and not self._open():
-            self._sleep(timeout)
+            self._clock.sleep(timeout)
             return []
         events = self._drain()
         while not events:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 break
             if self._fd is None:
                 # Reading failed and the log was closed: back off instead of reopening at once.
-                self._sleep(remaining)
+                self._clock.sleep(remaining)
                 break
             if self._await_data(remaining):
                 events = self._drain()
@@ -237,7 +235,7 @@ class KmsgWatcher:
         """Whether it is worth reading again before ``timeout`` seconds have passed."""
         if self._regular_file:
             # A regular file is always "readable", so poll() cannot tell when it grows.
-            self._sleep(min(self._file_poll_interval, timeout))
+            self._clock.sleep(min(self._file_poll_interval, timeout))
             return True
         assert self._fd is not None
         poller = select.poll()
@@ -295,7 +293,7 @@ class KmsgWatcher:
                     continue
                 self._last_seq = parsed.seq
             if clocks is None:
-                clocks = (self._wall_clock(), int(self._monotonic_clock() * 1_000_000))
+                clocks = (self._wall_clock(), int(self._clock.monotonic() * 1_000_000))
             events.append(xid_event(parsed, _record_time(parsed.monotonic_us, *clocks)))
         return events
 

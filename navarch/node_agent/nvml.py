@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from navarch.api import (
     RowRemapping,
     XidSource,
 )
+from navarch.node_agent.clock import SYSTEM_CLOCK, Clock
 from navarch.node_agent.observation import NvmlSnapshot, XidEvent
 from navarch.pci import normalize_pci_bus_id
 
@@ -124,7 +124,7 @@ class NvmlSession:
         library_path: str | None = None,
         *,
         retry_interval: float = DEFAULT_RETRY_INTERVAL,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = SYSTEM_CLOCK.monotonic,
     ) -> None:
         self._library_path = library_path
         self._retry_interval = retry_interval
@@ -469,11 +469,16 @@ class NvmlXidWatcher:
     """
 
     def __init__(
-        self, session: NvmlSession | None = None, *, now: Callable[[], datetime] = _utc_now
+        self,
+        session: NvmlSession | None = None,
+        *,
+        now: Callable[[], datetime] = _utc_now,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._owns_session = session is None
-        self._session = session if session is not None else NvmlSession()
+        self._session = session if session is not None else NvmlSession(clock=clock.monotonic)
         self._now = now
+        self._clock = clock
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._event_set: Any = None
@@ -484,9 +489,9 @@ class NvmlXidWatcher:
         with self._lock:
             if self._closed.is_set():
                 return []
-            deadline = time.monotonic() + timeout
+            deadline = self._clock.monotonic() + timeout
             if not self._ready():
-                self._closed.wait(timeout)
+                self._clock.wait(self._closed, timeout)
                 return []
             try:
                 data = pynvml.nvmlEventSetWait_v2(self._event_set, _milliseconds(timeout))
@@ -495,7 +500,7 @@ class NvmlXidWatcher:
                     log.warning("nvmlEventSetWait failed: %s", describe_error(exc))
                     self._release()
                     # Sleep out the rest, so that a persistent failure does not spin.
-                    self._closed.wait(max(0.0, deadline - time.monotonic()))
+                    self._clock.wait(self._closed, max(0.0, deadline - self._clock.monotonic()))
                 return []
             events = self._convert(data)
             for _ in range(_DRAIN_LIMIT):

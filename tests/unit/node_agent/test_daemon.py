@@ -1,15 +1,16 @@
-"""The agent's threads with fake sources and a fake API: when it writes, retries and restarts.
+"""The agent's threads with fake sources, a fake API and a clock the test moves on: when it
+writes, retries and restarts.
 
-Intervals are shortened; assertions wait generously instead of timing tightly.
+The intervals are the defaults. Time passes only when a test advances the clock, and after
+each step the test waits until every thread rests, so it sees exactly what that moment caused,
+and what it did not.
 """
 
 from __future__ import annotations
 
 import copy
-import queue
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -18,34 +19,40 @@ import pytest
 from navarch.api import EccCounters, GpuStatus, XidSource
 from navarch.errors import ApiError
 from navarch.node_agent.config import AgentConfig
-from navarch.node_agent.daemon import Agent, XidSourceSpec
+from navarch.node_agent.daemon import (
+    ALIVE_TIMEOUT,
+    MIN_WRITE_INTERVAL,
+    SOURCE_RESTART_DELAY,
+    WATCH_TIMEOUT,
+    Agent,
+    XidSourceSpec,
+)
 from navarch.node_agent.metrics import AgentMetrics
 from navarch.node_agent.observation import NvmlSnapshot, XidEvent
 from navarch.node_agent.status import AgentIdentity
 from navarch.node_agent.writer import StatusWriter
 
+from .clocks import ManualClock
+
 BOOT = "boot-1"
-WAIT = 10.0
-
-
-def eventually(check: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            assert value, "condition not met in time"
-            return value
-        time.sleep(0.02)
+POLL = 10.0
+HEARTBEAT = 30.0
+BACKOFF_CAP = 30.0
+THREADS = 4
+"""The collector, the writer and the two XID sources."""
 
 
 class FakeWriter:
-    """The API as the agent sees it; ``down`` makes every call fail like an outage."""
+    """The API as the agent sees it; ``down`` makes every call fail like an outage, and
+    clearing ``answering`` makes status writes hang until it is set again."""
 
     def __init__(self) -> None:
         self.patches: list[dict[str, Any]] = []
         self.existing: dict[str, Any] | None = None
         self.node: dict[str, Any] = {"status": {"capacity": {"nvidia.com/gpu": "2"}}}
         self.down = False
+        self.answering = threading.Event()
+        self.answering.set()
         self.lock = threading.Lock()
 
     def _check(self) -> None:
@@ -61,6 +68,7 @@ class FakeWriter:
         return self.node
 
     def patch_status(self, patch: dict[str, Any]) -> None:
+        self.answering.wait()
         self._check()
         with self.lock:
             self.patches.append(copy.deepcopy(patch["status"]))
@@ -94,26 +102,41 @@ class FakeCollector:
 
 
 class FakeSource:
-    """An XID source fed by the test; ``crash`` makes the next ``wait`` raise."""
+    """An XID source fed by the test; it waits on the test's clock as a real one blocks."""
 
-    def __init__(self) -> None:
-        self.events: queue.Queue[XidEvent] = queue.Queue()
-        self.crash = False
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
         self.made = 0
         self.error: str | None = None
+        self._pending: list[XidEvent] = []
+        self._crashing = False
+        self._arrived = threading.Event()
+        self._lock = threading.Lock()
 
     def make(self) -> FakeSource:
         self.made += 1
         return self
 
+    def put(self, *events: XidEvent) -> None:
+        with self._lock:
+            self._pending.extend(events)
+            self._arrived.set()
+
+    def crash(self) -> None:
+        """Makes the wait in progress raise."""
+        with self._lock:
+            self._crashing = True
+            self._arrived.set()
+
     def wait(self, timeout: float) -> list[XidEvent]:
-        if self.crash:
-            self.crash = False
-            raise RuntimeError("the source blew up")
-        try:
-            return [self.events.get(timeout=min(timeout, 0.05))]
-        except queue.Empty:
-            return []
+        self.clock.wait(self._arrived, timeout)
+        with self._lock:
+            self._arrived.clear()
+            if self._crashing:
+                self._crashing = False
+                raise RuntimeError("the source blew up")
+            events, self._pending = self._pending, []
+        return events
 
     def close(self) -> None:
         pass
@@ -124,18 +147,19 @@ def xid(code: int, source: XidSource, pci: str = "0000:18:00.0") -> XidEvent:
 
 
 class Running:
-    def __init__(self, heartbeat: float = 1.0) -> None:
+    def __init__(self) -> None:
+        self.clock = ManualClock()
         self.writer = FakeWriter()
         self.collector = FakeCollector()
-        self.nvml = FakeSource()
-        self.kmsg = FakeSource()
+        self.nvml = FakeSource(self.clock)
+        self.kmsg = FakeSource(self.clock)
         self.metrics = AgentMetrics()
         self.stop = threading.Event()
         config = AgentConfig(
             node_name="n1",
             kubeconfig=None,
-            poll_interval=0.1,
-            heartbeat_interval=heartbeat,
+            poll_interval=POLL,
+            heartbeat_interval=HEARTBEAT,
             kmsg_path="/dev/null",
             nvml_library=None,
             expected_gpus=None,
@@ -158,104 +182,168 @@ class Running:
             ],
             metrics=self.metrics,
             stop=self.stop,
+            clock=self.clock,
         )
+
+    def start(self) -> None:
+        self.agent.start()
+        self.settle()
+
+    def settle(self, threads: int = THREADS) -> None:
+        self.clock.settle(threads)
+
+    def advance(self, seconds: float, threads: int = THREADS) -> None:
+        """Moves time on while every thread rests: a thread that is running when time jumps
+        waits from the later time, as it would if it had been slow."""
+        self.settle(threads)
+        self.clock.advance(seconds)
+        self.settle(threads)
+
+    def shut_down(self) -> None:
+        self.writer.answering.set()
+        self.stop.set()
+        # The sources see ``stop`` when their wait ends, as a real one's does within this.
+        self.clock.advance(WATCH_TIMEOUT)
+        assert self.agent.join()
+
+    def writes(self) -> int:
+        return len(self.writer.written())
 
     def xids(self) -> dict[int, int]:
         return {x["code"]: x["count"] for x in self.writer.last().get("xids") or []}
 
 
 @pytest.fixture
-def running() -> Iterator[Running]:
-    run = Running()
-    run.agent.start()
+def run() -> Iterator[Running]:
+    running = Running()
     try:
-        yield run
+        yield running
     finally:
-        run.stop.set()
-        assert run.agent.join()
+        running.shut_down()
 
 
-def test_the_first_write_carries_the_gpus_and_the_expected_count(running: Running) -> None:
-    eventually(running.writer.written)
-    first = running.writer.written()[0]
+def test_the_first_write_carries_the_gpus_and_the_expected_count(run: Running) -> None:
+    run.start()
 
+    (first,) = run.writer.written()
     assert first["gpuCount"] == 2
     assert first["expectedGpuCount"] == 2
     assert first["agent"]["bootId"] == BOOT
-    assert running.agent.ready() == (True, "ok")
-    assert running.agent.alive() == (True, "ok")
+    assert run.agent.ready() == (True, "ok")
+    assert run.agent.alive() == (True, "ok")
 
 
-def test_temperature_waits_for_the_heartbeat_but_ecc_errors_do_not() -> None:
-    run = Running(heartbeat=3.0)
-    run.agent.start()
-    try:
-        eventually(run.writer.written)
-        run.collector.snapshot.gpus[0].temperature_c = 90
-        time.sleep(1.0)
-        assert len(run.writer.written()) == 1
+def test_temperature_waits_for_the_heartbeat_but_ecc_errors_do_not(run: Running) -> None:
+    run.start()
+    run.collector.snapshot.gpus[0].temperature_c = 90
+    run.advance(POLL)
+    assert run.writes() == 1
 
-        run.collector.snapshot.gpus[1].ecc = EccCounters(volatile_uncorrected=4)
-        eventually(lambda: len(run.writer.written()) == 2)
-        assert run.writer.last()["gpus"][1]["ecc"]["volatileUncorrected"] == 4
-        assert run.writer.last()["gpus"][0]["temperatureC"] == 90
+    run.collector.snapshot.gpus[1].ecc = EccCounters(volatile_uncorrected=4)
+    run.advance(POLL)
+    assert run.writes() == 2
+    assert run.writer.last()["gpus"][1]["ecc"]["volatileUncorrected"] == 4
+    assert run.writer.last()["gpus"][0]["temperatureC"] == 90
 
-        eventually(lambda: len(run.writer.written()) == 3, timeout=6.0)
-    finally:
-        run.stop.set()
-        assert run.agent.join()
+    run.advance(HEARTBEAT - 1)
+    assert run.writes() == 2
+    run.advance(1)
+    assert run.writes() == 3
 
 
-def test_a_new_xid_is_written_at_once_and_its_other_report_is_not_counted(
-    running: Running,
-) -> None:
-    eventually(running.writer.written)
+def test_a_new_xid_is_written_at_once(run: Running) -> None:
+    run.start()
+    run.advance(1)
 
-    started = time.monotonic()
-    running.nvml.events.put(xid(79, XidSource.NVML))
-    eventually(lambda: running.xids() == {79: 1})
-    assert time.monotonic() - started < 1.0
+    run.nvml.put(xid(79, XidSource.NVML))
+    run.settle()
 
-    running.kmsg.events.put(xid(79, XidSource.KMSG))
-    running.kmsg.events.put(xid(13, XidSource.KMSG))
-    eventually(lambda: running.xids() == {79: 1, 13: 1})
+    assert run.xids() == {79: 1}
 
 
-def test_an_api_outage_loses_no_xid_and_ends_by_itself(running: Running) -> None:
-    eventually(running.writer.written)
-    running.writer.down = True
-    for code in (48, 79, 94):
-        running.nvml.events.put(xid(code, XidSource.NVML))
-    eventually(lambda: not running.agent.ready()[0])
-    assert running.agent.ready()[1].startswith("status writes failing for")
-    assert running.agent.alive() == (True, "ok")
-    writes = len(running.writer.written())
+def test_the_kernel_logs_report_of_an_xid_nvml_reported_is_not_counted(run: Running) -> None:
+    run.start()
+    run.nvml.put(xid(79, XidSource.NVML))
+    run.advance(MIN_WRITE_INTERVAL)
 
-    running.writer.down = False
+    run.kmsg.put(xid(79, XidSource.KMSG), xid(13, XidSource.KMSG))
+    run.advance(MIN_WRITE_INTERVAL)
 
-    eventually(lambda: running.xids() == {48: 1, 79: 1, 94: 1})
-    assert len(running.writer.written()) > writes
-    assert running.agent.ready() == (True, "ok")
-    failures = running.metrics.api_write_failures.labels("unreachable")._value.get()
-    assert failures >= 1
+    assert run.xids() == {79: 1, 13: 1}
 
 
-def test_a_crashed_source_is_restarted_and_the_other_goes_on(
-    running: Running, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("navarch.node_agent.daemon.SOURCE_RESTART_DELAY", 0.1)
-    eventually(running.writer.written)
-    running.nvml.crash = True
-    running.kmsg.events.put(xid(13, XidSource.KMSG))
-    eventually(lambda: running.xids() == {13: 1})
+def test_writes_in_an_xid_flood_are_at_least_the_minimum_interval_apart(run: Running) -> None:
+    run.start()
+    run.advance(1)
+    run.nvml.put(xid(79, XidSource.NVML))
+    run.settle()
+    assert run.writes() == 2
 
-    eventually(lambda: running.nvml.made == 2)
-    running.nvml.events.put(xid(79, XidSource.NVML))
-    eventually(lambda: running.xids() == {13: 1, 79: 1})
+    run.nvml.put(xid(48, XidSource.NVML, pci="0000:19:00.0"))
+    run.advance(MIN_WRITE_INTERVAL / 2)
+    assert run.writes() == 2
+    run.advance(MIN_WRITE_INTERVAL / 2)
+    assert run.writes() == 3
+    assert run.xids() == {79: 1, 48: 1}
 
 
-def test_the_kernel_log_starts_after_the_existing_status_was_taken_over() -> None:
-    run = Running()
+def test_an_api_outage_loses_no_xid_and_ends_by_itself(run: Running) -> None:
+    run.start()
+    run.advance(1)
+    run.writer.down = True
+    run.nvml.put(*(xid(code, XidSource.NVML) for code in (48, 79, 94)))
+    run.settle()
+    assert run.agent.ready() == (False, "status writes failing for 0s")
+
+    run.advance(20)
+    assert run.agent.ready() == (False, "status writes failing for 20s")
+    assert run.agent.alive() == (True, "ok")
+    assert run.writes() == 1
+
+    run.writer.down = False
+    run.advance(BACKOFF_CAP)
+
+    assert run.xids() == {48: 1, 79: 1, 94: 1}
+    assert run.agent.ready() == (True, "ok")
+    assert run.metrics.api_write_failures.labels("unreachable")._value.get() >= 1
+
+
+def test_liveness_fails_when_the_writer_loop_has_not_run_for_its_timeout(run: Running) -> None:
+    run.start()
+    run.writer.answering.clear()
+    run.nvml.put(xid(79, XidSource.NVML))
+    # The writer hangs in that XID's status write, so it never rests on the clock.
+    run.advance(ALIVE_TIMEOUT, threads=THREADS - 1)
+    assert run.agent.alive() == (True, "ok")
+
+    run.advance(1, threads=THREADS - 1)
+    assert run.agent.alive() == (False, f"writer loop has not run for {ALIVE_TIMEOUT + 1:.0f}s")
+
+    run.writer.answering.set()
+    run.settle()
+    assert run.agent.alive() == (True, "ok")
+
+
+def test_a_crashed_source_is_restarted_after_a_delay_and_the_other_goes_on(run: Running) -> None:
+    run.start()
+    run.advance(1)
+    run.nvml.crash()
+    run.kmsg.put(xid(13, XidSource.KMSG))
+    run.settle()
+    assert run.xids() == {13: 1}
+    assert run.metrics.collector_errors.labels("nvml_events")._value.get() == 1
+
+    run.advance(SOURCE_RESTART_DELAY / 2)
+    assert run.nvml.made == 1
+    run.advance(SOURCE_RESTART_DELAY / 2)
+    assert run.nvml.made == 2
+
+    run.nvml.put(xid(79, XidSource.NVML))
+    run.settle()
+    assert run.xids() == {13: 1, 79: 1}
+
+
+def test_the_kernel_log_starts_after_the_existing_status_was_taken_over(run: Running) -> None:
     earlier = datetime.now(UTC) - timedelta(minutes=5)
     run.writer.existing = {
         "agent": {"bootId": BOOT},
@@ -272,18 +360,16 @@ def test_the_kernel_log_starts_after_the_existing_status_was_taken_over() -> Non
         "verdict": {"health": "Unhealthy", "action": "Taint", "reason": "RuleMatched"},
     }
     run.writer.down = True
-    run.agent.start()
-    try:
-        time.sleep(0.5)
-        assert run.kmsg.made == 0
+    run.start()
+    run.advance(BACKOFF_CAP / 2)
+    assert run.kmsg.made == 0
 
-        run.writer.down = False
-        eventually(lambda: run.kmsg.made == 1)
-        replayed = XidEvent(code=79, time=earlier, source=XidSource.KMSG, pci_bus_id="0000:18:00.0")
-        run.kmsg.events.put(replayed)
-        run.kmsg.events.put(xid(13, XidSource.KMSG))
-        eventually(lambda: run.xids() == {79: 2, 13: 1})
-        assert "verdict" not in run.writer.last()
-    finally:
-        run.stop.set()
-        assert run.agent.join()
+    run.writer.down = False
+    run.advance(BACKOFF_CAP)
+    assert run.kmsg.made == 1
+
+    replayed = XidEvent(code=79, time=earlier, source=XidSource.KMSG, pci_bus_id="0000:18:00.0")
+    run.kmsg.put(replayed, xid(13, XidSource.KMSG))
+    run.advance(MIN_WRITE_INTERVAL)
+    assert run.xids() == {79: 2, 13: 1}
+    assert "verdict" not in run.writer.last()

@@ -1,7 +1,6 @@
 import errno
 import os
-import threading
-import time
+import select
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,12 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from navarch.api import XidSource
+from navarch.node_agent.clock import Clock
 from navarch.node_agent.kmsg import (
     KmsgWatcher,
     ParsedXid,
     parse_xid,
     scan,
 )
+
+from .clocks import InstantClock
 
 # (line, code, pci as printed, normalised bus id, message, kmsg seq, kmsg monotonic µs)
 XidCase = tuple[str, int, str, str, str, int | None, int | None]
@@ -296,17 +298,34 @@ def test_scan_agrees_with_parse_xid(lines: list[str]) -> None:
 WALL_NOW = datetime(2024, 3, 5, 10, 0, 0, tzinfo=UTC)
 
 
+FILE_POLL_INTERVAL = 0.01
+
+
 def watcher(
     path: Path,
     wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    monotonic_clock: Callable[[], float] = time.monotonic,
+    clock: Clock | None = None,
 ) -> KmsgWatcher:
     return KmsgWatcher(
         str(path),
         wall_clock=wall_clock,
-        monotonic_clock=monotonic_clock,
-        file_poll_interval=0.01,
+        clock=clock or InstantClock(),
+        file_poll_interval=FILE_POLL_INTERVAL,
     )
+
+
+class AppendsWhileAsleep(InstantClock):
+    """Appends ``line`` to ``log`` during the first sleep, as the kernel logs while the watcher
+    waits."""
+
+    def __init__(self, log: Path, line: str) -> None:
+        super().__init__()
+        self._log, self._line = log, line
+
+    def sleep(self, seconds: float) -> None:
+        if not self.slept:
+            append(self._log, self._line)
+        super().sleep(seconds)
 
 
 def append(path: Path, data: str | bytes) -> None:
@@ -338,12 +357,15 @@ def test_watcher_reports_xids_already_in_the_log_at_start(tmp_path: Path) -> Non
 def test_watcher_follows_lines_appended_later(tmp_path: Path) -> None:
     log = tmp_path / "kmsg"
     append(log, XID_79)
-    w = watcher(log)
+    clock = InstantClock()
+    w = watcher(log, clock=clock)
     try:
         assert [e.code for e in w.wait(1.0)] == [79]
-        started = time.monotonic()
+        assert clock.slept == []
         assert w.wait(0.1) == []
-        assert time.monotonic() - started >= 0.09
+        # It waited out the whole timeout, looking at the file after every poll interval.
+        assert sum(clock.slept) == pytest.approx(0.1)
+        assert max(clock.slept) == FILE_POLL_INTERVAL
         append(log, "[ 2.0] unrelated driver chatter\n" + XID_48)
         assert [e.code for e in w.wait(1.0)] == [48]
     finally:
@@ -353,17 +375,14 @@ def test_watcher_follows_lines_appended_later(tmp_path: Path) -> None:
 def test_watcher_returns_as_soon_as_an_appended_xid_arrives(tmp_path: Path) -> None:
     log = tmp_path / "kmsg"
     log.touch()
-    w = watcher(log)
-    timer = threading.Timer(0.1, append, (log, XID_48))
-    timer.start()
+    clock = AppendsWhileAsleep(log, XID_48)
+    w = watcher(log, clock=clock)
     try:
-        started = time.monotonic()
         events = w.wait(10.0)
-        assert time.monotonic() - started < 5
-        assert [e.code for e in events] == [48]
     finally:
-        timer.join()
         w.close()
+    assert [e.code for e in events] == [48]
+    assert clock.slept == [FILE_POLL_INTERVAL]
 
 
 def test_watcher_waits_for_the_rest_of_a_partly_written_line(tmp_path: Path) -> None:
@@ -399,11 +418,11 @@ def test_watcher_ignores_continuation_lines_and_counts_garbage(tmp_path: Path) -
 
 def test_watcher_survives_a_missing_log_and_recovers_when_it_appears(tmp_path: Path) -> None:
     log = tmp_path / "kmsg"
-    slept: list[float] = []
-    w = KmsgWatcher(str(log), sleep=slept.append)
+    clock = InstantClock()
+    w = KmsgWatcher(str(log), clock=clock)
     try:
         assert w.wait(5.0) == []
-        assert slept == [5.0]
+        assert clock.slept == [5.0]
         assert w.error is not None
         assert str(log) in w.error
         assert "No such file" in w.error
@@ -415,15 +434,15 @@ def test_watcher_survives_a_missing_log_and_recovers_when_it_appears(tmp_path: P
 
 
 def test_watcher_reports_a_log_it_cannot_read(tmp_path: Path) -> None:
-    slept: list[float] = []
-    w = KmsgWatcher(str(tmp_path), sleep=slept.append)
+    clock = InstantClock()
+    w = KmsgWatcher(str(tmp_path), clock=clock)
     try:
         assert w.wait(0.5) == []
     finally:
         w.close()
     assert w.error is not None
     assert "Is a directory" in w.error
-    assert slept
+    assert sum(clock.slept) == pytest.approx(0.5)
 
 
 def test_watcher_explains_a_permission_problem(
@@ -435,7 +454,7 @@ def test_watcher_explains_a_permission_problem(
     def denied(path: str, flags: int) -> int:
         raise PermissionError(errno.EPERM, "Operation not permitted", path)
 
-    w = KmsgWatcher(str(log), sleep=lambda _: None)
+    w = KmsgWatcher(str(log), clock=InstantClock())
     monkeypatch.setattr(os, "open", denied)
     try:
         assert w.wait(0.1) == []
@@ -455,7 +474,7 @@ def test_watcher_converts_kmsg_monotonic_timestamps_to_wall_time(tmp_path: Path)
     append(log, "4,8,64500000,-;" + XID_48)  # 64.5 s after boot
     append(log, "4,9,99000000,-;" + XID_48)  # "after now": a clock mismatch
     append(log, XID_79)  # no record time
-    w = watcher(log, wall_clock=lambda: WALL_NOW, monotonic_clock=lambda: 65.0)
+    w = watcher(log, wall_clock=lambda: WALL_NOW, clock=InstantClock(now=65.0))
     try:
         events = w.wait(1.0)
     finally:
@@ -494,15 +513,41 @@ def test_watcher_skips_records_overwritten_before_they_were_read(
     assert w.overwritten == 1
 
 
-def test_watcher_waits_on_a_character_like_source_with_poll(tmp_path: Path) -> None:
+REAL_POLL = select.poll
+
+
+class InstantPoll:
+    """``select.poll`` that answers at once and, when nothing is ready, moves ``clock`` on by
+    the timeout it was asked to block for; ``timeouts`` records them."""
+
+    def __init__(self, clock: InstantClock, timeouts: list[int]) -> None:
+        self._poll = REAL_POLL()
+        self._clock, self._timeouts = clock, timeouts
+
+    def register(self, fd: int, events: int) -> None:
+        self._poll.register(fd, events)
+
+    def poll(self, timeout: int) -> list[tuple[int, int]]:
+        self._timeouts.append(timeout)
+        ready = self._poll.poll(0)
+        if not ready:
+            self._clock.advance(timeout / 1000)
+        return ready
+
+
+def test_watcher_waits_on_a_character_like_source_with_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fifo = tmp_path / "kmsg"
     os.mkfifo(fifo)
     writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
-    w = KmsgWatcher(str(fifo))
+    clock, timeouts = InstantClock(), list[int]()
+    monkeypatch.setattr(select, "poll", lambda: InstantPoll(clock, timeouts))
+    w = KmsgWatcher(str(fifo), clock=clock)
     try:
-        started = time.monotonic()
         assert w.wait(0.2) == []
-        assert 0.15 <= time.monotonic() - started < 2
+        assert timeouts == [200]
+        assert clock.slept == []
         os.write(writer, b"4,5,100,-;" + XID_48.encode() + b" SUBSYSTEM=pci\n")
         assert [e.code for e in w.wait(1.0)] == [48]
     finally:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 
+import pynvml
 import pytest
 
 from navarch.api import (
@@ -37,30 +38,24 @@ from navarch.testing.fake_nvml import (
     xid_statement,
 )
 
+from .clocks import InstantClock
+
 # Generous: an event due in a fraction of a second must arrive well within this.
 EVENT_TIMEOUT = 10.0
+LOOK_INTERVAL = 0.05
+LONGER_THAN_ANY_TEST = 3600.0
+"""Past pytest's timeout: a wait this long ends in time only by an event."""
 ALL_GROUPS_BUT_IDENTITY = FIELD_GROUPS - {"uuid", "name", "pci", "serial", "events"}
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+@pytest.fixture
+def clock() -> InstantClock:
+    return InstantClock()
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def session(fake_nvml_library: Path, scenario: Path, clock: FakeClock) -> Iterator[NvmlSession]:
-    nvml = NvmlSession(str(fake_nvml_library), retry_interval=30.0, clock=clock)
+def session(fake_nvml_library: Path, scenario: Path, clock: InstantClock) -> Iterator[NvmlSession]:
+    nvml = NvmlSession(str(fake_nvml_library), retry_interval=30.0, clock=clock.monotonic)
     yield nvml
     nvml.close()
 
@@ -73,10 +68,24 @@ def collector(session: NvmlSession) -> Iterator[NvmlCollector]:
 
 
 @pytest.fixture
-def watcher(session: NvmlSession) -> Iterator[NvmlXidWatcher]:
-    watcher = NvmlXidWatcher(session)
+def watcher(session: NvmlSession, clock: InstantClock) -> Iterator[NvmlXidWatcher]:
+    watcher = NvmlXidWatcher(session, clock=clock)
     yield watcher
     watcher.close()
+
+
+@pytest.fixture
+def nvml_waits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The timeout of every ``nvmlEventSetWait`` call, in milliseconds."""
+    timeouts: list[int] = []
+    real = pynvml.nvmlEventSetWait_v2
+
+    def wait(event_set: object, timeout: int) -> object:
+        timeouts.append(timeout)
+        return real(event_set, timeout)
+
+    monkeypatch.setattr(pynvml, "nvmlEventSetWait_v2", wait)
+    return timeouts
 
 
 def two_gpus(*, init_error: int | None = None, timeline: list[str] | None = None) -> FakeNode:
@@ -86,10 +95,13 @@ def two_gpus(*, init_error: int | None = None, timeline: list[str] | None = None
 
 
 def wait_for_events(watcher: NvmlXidWatcher, count: int) -> list[XidEvent]:
+    """Up to ``count`` events; fewer if a wait of ``EVENT_TIMEOUT`` brings none."""
     events: list[XidEvent] = []
-    deadline = time.monotonic() + EVENT_TIMEOUT
-    while len(events) < count and time.monotonic() < deadline:
-        events += watcher.wait(deadline - time.monotonic())
+    while len(events) < count:
+        arrived = watcher.wait(EVENT_TIMEOUT)
+        if not arrived:
+            break
+        events += arrived
     return events
 
 
@@ -302,19 +314,18 @@ def test_scheduled_field_change_shows_up_once_due(scenario: Path, collector: Nvm
         correctable=0, uncorrectable=0, pending=False, failure=False
     )
 
-    deadline = time.monotonic() + EVENT_TIMEOUT
     remapping = None
-    while time.monotonic() < deadline:
+    for _ in range(round(EVENT_TIMEOUT / LOOK_INTERVAL)):
         remapping = collector.collect().gpus[0].row_remapping
         if remapping is not None and remapping.failure:
             break
-        time.sleep(0.05)
+        time.sleep(LOOK_INTERVAL)
 
     assert remapping is not None and remapping.failure is True
 
 
 def test_init_failure_is_reported_and_retried_only_after_the_retry_interval(
-    scenario: Path, collector: NvmlCollector, clock: FakeClock
+    scenario: Path, collector: NvmlCollector, clock: InstantClock
 ) -> None:
     write_scenario(scenario, two_gpus(init_error=NvmlReturn.DRIVER_NOT_LOADED))
 
@@ -371,13 +382,12 @@ def test_live_injected_xid_wakes_a_blocked_wait_early(
     assert watcher.wait(0.01) == []  # registers for events before the fault is injected
     injector = threading.Timer(0.2, inject_xid, args=(scenario, 0, 79))
     injector.start()
-    started = time.monotonic()
 
-    events = watcher.wait(60.0)
+    # Far longer than the test may run: only the injected XID can end this wait in time.
+    events = watcher.wait(LONGER_THAN_ANY_TEST)
 
     injector.join()
     assert [(event.code, event.gpu_index) for event in events] == [(79, 0)]
-    assert time.monotonic() - started < 30.0
 
 
 def test_several_queued_xids_come_back_from_one_wait(
@@ -394,14 +404,14 @@ def test_several_queued_xids_come_back_from_one_wait(
     assert [(event.code, event.gpu_index) for event in events] == [(13, 0), (31, 1), (94, 0)]
 
 
-def test_wait_with_nothing_to_report_blocks_until_the_timeout_and_returns_nothing(
-    scenario: Path, watcher: NvmlXidWatcher
+def test_wait_with_nothing_to_report_blocks_in_nvml_for_its_timeout_and_returns_nothing(
+    scenario: Path, watcher: NvmlXidWatcher, clock: InstantClock, nvml_waits: list[int]
 ) -> None:
     write_scenario(scenario, two_gpus())
-    started = time.monotonic()
 
     assert watcher.wait(0.3) == []
-    assert time.monotonic() - started >= 0.25
+    assert nvml_waits == [300]
+    assert clock.slept == []
 
 
 def test_gpus_without_xid_events_are_skipped(scenario: Path, watcher: NvmlXidWatcher) -> None:
@@ -420,12 +430,11 @@ def test_gpus_without_xid_events_are_skipped(scenario: Path, watcher: NvmlXidWat
 
 
 def test_watcher_sleeps_while_nvml_is_unavailable_and_sets_up_once_it_is(
-    scenario: Path, watcher: NvmlXidWatcher, clock: FakeClock
+    scenario: Path, watcher: NvmlXidWatcher, clock: InstantClock
 ) -> None:
     write_scenario(scenario, two_gpus(init_error=NvmlReturn.DRIVER_NOT_LOADED))
-    started = time.monotonic()
     assert watcher.wait(0.3) == []
-    assert time.monotonic() - started >= 0.25
+    assert clock.slept == [0.3]
 
     write_scenario(scenario, two_gpus())
     clock.advance(60)
@@ -436,7 +445,7 @@ def test_watcher_sleeps_while_nvml_is_unavailable_and_sets_up_once_it_is(
 
 
 def test_watcher_sets_up_again_after_nvml_restarts(
-    scenario: Path, session: NvmlSession, watcher: NvmlXidWatcher, clock: FakeClock
+    scenario: Path, session: NvmlSession, watcher: NvmlXidWatcher, clock: InstantClock
 ) -> None:
     write_scenario(scenario, two_gpus())
     assert watcher.wait(0.01) == []
@@ -450,14 +459,16 @@ def test_watcher_sets_up_again_after_nvml_restarts(
     assert [event.code for event in wait_for_events(watcher, 1)] == [119]
 
 
-def test_closed_watcher_returns_at_once(scenario: Path, session: NvmlSession) -> None:
+def test_closed_watcher_returns_at_once(
+    scenario: Path, session: NvmlSession, clock: InstantClock, nvml_waits: list[int]
+) -> None:
     write_scenario(scenario, two_gpus())
-    watcher = NvmlXidWatcher(session)
+    watcher = NvmlXidWatcher(session, clock=clock)
     watcher.close()
-    started = time.monotonic()
 
     assert watcher.wait(5.0) == []
-    assert time.monotonic() - started < 4.0
+    assert clock.slept == []
+    assert nvml_waits == []
 
 
 def test_collector_and_watcher_share_one_session_across_threads(

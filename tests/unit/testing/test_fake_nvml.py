@@ -318,8 +318,9 @@ def test_scheduled_change_applies_once_its_time_has_come(scenario: Path) -> None
             return count
 
         assert uncorrected() == 0
-        deadline = time.monotonic() + 10
-        while uncorrected() == 0 and time.monotonic() < deadline:
+        for _ in range(500):  # ten seconds of looking, for a change due in 0.3
+            if uncorrected():
+                break
             time.sleep(0.02)
         assert uncorrected() == 4
 
@@ -365,22 +366,12 @@ def test_blocked_wait_wakes_when_an_xid_is_appended(scenario: Path) -> None:
     with initialised(), xid_events(0) as event_set:
         injector = threading.Timer(0.2, inject_xid, args=(scenario, 0, 48))
         injector.start()
-        started = time.monotonic()
 
-        data = pynvml.nvmlEventSetWait_v2(event_set, 60_000)
+        # An hour, past pytest's timeout: only the XID can end this wait in time.
+        data = pynvml.nvmlEventSetWait_v2(event_set, 3_600_000)
 
         injector.join()
         assert data.eventData == 48
-        assert time.monotonic() - started < 30
-
-
-def test_wait_times_out_after_its_timeout(scenario: Path) -> None:
-    write_scenario(scenario, FakeNode(gpus=[FakeGpu(index=0)]))
-    with initialised(), xid_events(0) as event_set:
-        started = time.monotonic()
-
-        assert nvml_error(pynvml.nvmlEventSetWait_v2, event_set, 300) == pynvml.NVML_ERROR_TIMEOUT
-        assert time.monotonic() - started >= 0.25
 
 
 def test_xid_is_appended_to_the_kmsg_file_as_a_kernel_log_record(
