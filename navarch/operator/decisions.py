@@ -26,7 +26,8 @@ from navarch.errors import InvalidObjectError
 from navarch.gpu import GPU_PRESENT_LABEL
 from navarch.operator import gnh_status
 from navarch.operator.fleet import HealthEntry, NodeEntry
-from navarch.operator.planner import Event, NodePlan, needs_new_quarantine, plan
+from navarch.operator.model import Event
+from navarch.operator.planner import NodePlan, needs_new_quarantine, plan
 from navarch.operator.policy import CompiledPolicy
 from navarch.operator.verdict import Evaluation, evaluate
 from navarch.operator.xid_events import xid_events

@@ -25,7 +25,7 @@ from typing import Any
 from navarch import api
 from navarch.errors import InvalidObjectError, PolicyError
 from navarch.operator.defaults import default_policy
-from navarch.operator.planner import NodeView
+from navarch.operator.model import NodeView
 from navarch.operator.policy import CompiledPolicy, compile_policy, select_policy
 from navarch.wire import from_wire
 

@@ -31,7 +31,7 @@ from kubernetes import client, config
 from navarch import api
 from navarch.errors import ApiError, ConfigError
 from navarch.operator import metrics
-from navarch.operator.planner import Event
+from navarch.operator.model import Event
 from navarch.wire import format_time
 
 MERGE = "application/merge-patch+json"

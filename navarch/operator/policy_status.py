@@ -15,7 +15,7 @@ from typing import Any
 
 from navarch import api
 from navarch.errors import InvalidObjectError
-from navarch.operator.planner import Event
+from navarch.operator.model import Event
 from navarch.operator.policy import CompiledPolicy
 from navarch.operator.storm import StormState
 from navarch.wire import from_wire, to_wire

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from navarch import api
 from navarch.gpu import xid_label
-from navarch.operator.planner import Event
+from navarch.operator.model import Event
 
 MAX_EVENTS = 5
 """Events per node and evaluation; more new XIDs than this are summed up in one more Event."""

@@ -15,7 +15,7 @@ from typing import Any
 from navarch import api
 from navarch.errors import ApiError
 from navarch.operator.kube import Target, unavailable
-from navarch.operator.planner import Event
+from navarch.operator.model import Event
 
 
 def merge(target: Any, patch: Any) -> Any:

@@ -10,7 +10,7 @@ from navarch.gpu import GPU_PRESENT_LABEL
 from navarch.operator import defaults
 from navarch.operator.decisions import Decision, decide, judge
 from navarch.operator.fleet import HealthEntry, NodeEntry
-from navarch.operator.planner import NodeView
+from navarch.operator.model import NodeView
 from navarch.operator.policy import compile_policy
 from navarch.operator.xid_events import MAX_EVENTS, xid_events
 from navarch.wire import format_time, from_wire

@@ -15,13 +15,8 @@ from hypothesis import strategies as st
 
 from navarch import api
 from navarch.operator import defaults
-from navarch.operator.planner import (
-    NodePlan,
-    NodeView,
-    needs_new_quarantine,
-    plan,
-    storm_candidates,
-)
+from navarch.operator.model import NodeView
+from navarch.operator.planner import NodePlan, needs_new_quarantine, plan, storm_candidates
 from navarch.operator.policy import CompiledPolicy, compile_policy
 from navarch.wire import format_time
 
@@ -129,47 +124,6 @@ def quarantined(
 ) -> dict[str, Any]:
     """The node after an unhealthy verdict was applied."""
     return apply(obj, planned(verdict("Unhealthy", since=at), obj, policy, now=at))
-
-
-# --- NodeView ------------------------------------------------------------------------------
-
-
-def test_node_view_reads_what_the_planner_needs() -> None:
-    obj = node(
-        taints=[FOREIGN, {"key": KEY, "effect": "NoExecute", "timeAdded": "2025-06-01T10:00:00Z"}],
-        unschedulable=True,
-        annotations={api.APPLIED_TAINT_ANNOTATION: f"{KEY}:NoExecute"},
-        labels={api.MANAGED_LABEL: "false"},
-        conditions=[
-            {
-                "type": "GpuHealthy",
-                "status": "False",
-                "reason": "GpuUnhealthy",
-                "message": "m",
-                "lastTransitionTime": "2025-06-01T10:00:00Z",
-            }
-        ],
-    )
-    view = NodeView.from_node(obj)
-    assert view.name == "gpu-1"
-    assert view.resource_version == "41"
-    assert [t.ident for t in view.taints] == [("dedicated", "NoSchedule"), (KEY, "NoExecute")]
-    assert view.taints[0].to_wire() == FOREIGN
-    assert view.taints[1].time_added == "2025-06-01T10:00:00Z"
-    assert view.unschedulable
-    assert view.applied_taint == (KEY, "NoExecute")
-    assert not view.applied_cordon
-    assert view.quarantined
-    assert view.opted_out
-    assert view.condition is not None
-    assert (view.condition.status, view.condition.reason) == ("False", "GpuUnhealthy")
-    assert view.condition.last_transition_time == datetime(2025, 6, 1, 10, tzinfo=UTC)
-
-
-def test_unreadable_applied_taint_annotation_is_not_a_record() -> None:
-    view = NodeView.from_node(node(annotations={api.APPLIED_TAINT_ANNOTATION: "garbage"}))
-    assert view.applied_taint is None
-    assert not view.quarantined
 
 
 # --- quarantine ----------------------------------------------------------------------------

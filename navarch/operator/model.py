@@ -1,0 +1,158 @@
+"""The operator's model: what it reads of a Node, and the Events it posts.
+
+The lowest stage of the operator's core: every stage above (rules, policy, verdict, plan,
+storm, apply) speaks of Nodes in these types, and the API layer posts these Events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from navarch import api
+from navarch.wire import format_time, parse_time
+
+ConditionValue = Literal["True", "False", "Unknown"]
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    effect: str
+    value: str | None = None
+    time_added: str | None = None
+    """Kept verbatim from the Node so foreign taints round-trip unchanged."""
+
+    @property
+    def ident(self) -> tuple[str, str]:
+        """Kubernetes identifies a taint by key and effect."""
+        return (self.key, self.effect)
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Taint:
+        return cls(
+            key=str(data.get("key", "")),
+            effect=str(data.get("effect", "")),
+            value=data.get("value"),
+            time_added=data.get("timeAdded"),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"key": self.key, "effect": self.effect}
+        if self.value is not None:
+            out["value"] = self.value
+        if self.time_added is not None:
+            out["timeAdded"] = self.time_added
+        return out
+
+
+@dataclass(frozen=True)
+class NodeCondition:
+    """The ``GpuHealthy`` Node condition (v1.NodeCondition)."""
+
+    status: ConditionValue
+    reason: str
+    message: str
+    last_transition_time: datetime | None = None
+    last_heartbeat_time: datetime | None = None
+    type: str = api.NODE_CONDITION_TYPE
+
+    def same_state(self, other: NodeCondition | None) -> bool:
+        return other is not None and (self.status, self.reason, self.message) == (
+            other.status,
+            other.reason,
+            other.message,
+        )
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> NodeCondition:
+        status = data.get("status")
+        return cls(
+            type=str(data.get("type", api.NODE_CONDITION_TYPE)),
+            status=status if status in ("True", "False") else "Unknown",
+            reason=str(data.get("reason", "")),
+            message=str(data.get("message", "")),
+            last_transition_time=_time(data.get("lastTransitionTime")),
+            last_heartbeat_time=_time(data.get("lastHeartbeatTime")),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": self.type,
+            "status": self.status,
+            "reason": self.reason,
+            "message": self.message,
+        }
+        if self.last_transition_time is not None:
+            out["lastTransitionTime"] = format_time(self.last_transition_time)
+        if self.last_heartbeat_time is not None:
+            out["lastHeartbeatTime"] = format_time(self.last_heartbeat_time)
+        return out
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_time(value)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What the planner needs to know about a Node."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[Taint, ...] = ()
+    unschedulable: bool = False
+    condition: NodeCondition | None = None
+    resource_version: str | None = None
+
+    @classmethod
+    def from_node(cls, node: Mapping[str, Any]) -> NodeView:
+        """Build from a Node object in JSON form (as the API server returns it)."""
+        metadata = node.get("metadata") or {}
+        spec = node.get("spec") or {}
+        conditions = (node.get("status") or {}).get("conditions") or []
+        condition = next((c for c in conditions if c.get("type") == api.NODE_CONDITION_TYPE), None)
+        return cls(
+            name=metadata["name"],
+            labels=dict(metadata.get("labels") or {}),
+            annotations=dict(metadata.get("annotations") or {}),
+            taints=tuple(Taint.from_wire(t) for t in spec.get("taints") or []),
+            unschedulable=bool(spec.get("unschedulable", False)),
+            condition=NodeCondition.from_wire(condition) if condition else None,
+            resource_version=metadata.get("resourceVersion"),
+        )
+
+    @property
+    def applied_taint(self) -> tuple[str, str] | None:
+        """The taint (key, effect) Navarch recorded applying; None if none or unreadable."""
+        text = self.annotations.get(api.APPLIED_TAINT_ANNOTATION, "")
+        key, sep, effect = text.rpartition(":")
+        return (key, effect) if sep and key and effect else None
+
+    @property
+    def applied_cordon(self) -> bool:
+        return self.annotations.get(api.APPLIED_CORDON_ANNOTATION) == "true"
+
+    @property
+    def quarantined(self) -> bool:
+        """Whether Navarch holds a quarantine on this node (what storm protection counts)."""
+        return self.applied_taint is not None or self.applied_cordon
+
+    @property
+    def opted_out(self) -> bool:
+        return self.labels.get(api.MANAGED_LABEL) == "false"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str

@@ -1,0 +1,73 @@
+"""The model: what the operator reads of a Node."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from navarch import api
+from navarch.operator.model import NodeView
+
+KEY = api.DEFAULT_TAINT_KEY
+FOREIGN = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
+
+
+def node(
+    *,
+    taints: list[dict[str, Any]] | None = None,
+    unschedulable: bool = False,
+    annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+    conditions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"taints": taints or []}
+    if unschedulable:
+        spec["unschedulable"] = True
+    return {
+        "metadata": {
+            "name": "gpu-1",
+            "resourceVersion": "41",
+            "labels": labels or {},
+            "annotations": annotations or {},
+        },
+        "spec": spec,
+        "status": {"conditions": conditions or []},
+    }
+
+
+def test_node_view_reads_what_the_planner_needs() -> None:
+    obj = node(
+        taints=[FOREIGN, {"key": KEY, "effect": "NoExecute", "timeAdded": "2025-06-01T10:00:00Z"}],
+        unschedulable=True,
+        annotations={api.APPLIED_TAINT_ANNOTATION: f"{KEY}:NoExecute"},
+        labels={api.MANAGED_LABEL: "false"},
+        conditions=[
+            {
+                "type": "GpuHealthy",
+                "status": "False",
+                "reason": "GpuUnhealthy",
+                "message": "m",
+                "lastTransitionTime": "2025-06-01T10:00:00Z",
+            }
+        ],
+    )
+    view = NodeView.from_node(obj)
+    assert view.name == "gpu-1"
+    assert view.resource_version == "41"
+    assert [t.ident for t in view.taints] == [("dedicated", "NoSchedule"), (KEY, "NoExecute")]
+    assert view.taints[0].to_wire() == FOREIGN
+    assert view.taints[1].time_added == "2025-06-01T10:00:00Z"
+    assert view.unschedulable
+    assert view.applied_taint == (KEY, "NoExecute")
+    assert not view.applied_cordon
+    assert view.quarantined
+    assert view.opted_out
+    assert view.condition is not None
+    assert (view.condition.status, view.condition.reason) == ("False", "GpuUnhealthy")
+    assert view.condition.last_transition_time == datetime(2025, 6, 1, 10, tzinfo=UTC)
+
+
+def test_unreadable_applied_taint_annotation_is_not_a_record() -> None:
+    view = NodeView.from_node(node(annotations={api.APPLIED_TAINT_ANNOTATION: "garbage"}))
+    assert view.applied_taint is None
+    assert not view.quarantined
