@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
@@ -405,18 +405,33 @@ Conditions = Annotated[
 ]
 
 
+class Stamped(Protocol):
+    """A condition of any kind: a metav1.Condition, a Node's condition."""
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def last_transition_time(self) -> datetime | None: ...
+
+
+def transition_time(current: Stamped | None, status: str, now: datetime) -> datetime:
+    """The ``lastTransitionTime`` of a condition that now has ``status``.
+
+    It moves to ``now`` only when the status flips (or the condition is new), so it says how
+    long the condition has held, whatever its reason and message did meanwhile.
+    """
+    if current is None or current.status != status:
+        return now
+    return current.last_transition_time or now
+
+
 def set_condition(
     conditions: list[Condition], condition: Condition, now: datetime
 ) -> list[Condition]:
-    """``conditions`` with ``condition`` put in place of the one of its type.
-
-    ``lastTransitionTime`` moves to ``now`` only when the status flips (or the type is new), so
-    it says how long the condition has held, whatever its reason and message did meanwhile.
-    """
+    """``conditions`` with ``condition`` put in place of the one of its type."""
     current = next((c for c in conditions if c.type == condition.type), None)
-    since = now
-    if current is not None and current.status == condition.status:
-        since = current.last_transition_time or now
+    since = transition_time(current, condition.status, now)
     stamped = condition.model_copy(update={"last_transition_time": since})
     if current is None:
         return [*conditions, stamped]

@@ -379,14 +379,11 @@ def _condition(
     desired = NodeCondition(status=status, reason=reason, message=message)
     if desired.same_state(node.condition):
         return None
-    current = node.condition
-    flipped = current is None or current.status != status
-    transition = now if flipped or current is None else current.last_transition_time
     return NodeCondition(
         status=status,
         reason=reason,
         message=message,
-        last_transition_time=transition,
+        last_transition_time=api.transition_time(node.condition, status, now),
         last_heartbeat_time=now,
     )
 
