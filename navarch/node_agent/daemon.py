@@ -26,12 +26,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from navarch import __version__, api
-from navarch.backoff import Backoff, retry_delay
 from navarch.errors import ApiError, InvalidObjectError
 from navarch.metrics_auth import RequestAuth
 from navarch.node_agent import host
@@ -49,6 +47,7 @@ from navarch.node_agent.status import (
     meaningful_view,
     merge_patch,
 )
+from navarch.node_agent.write_schedule import WriteSchedule
 from navarch.node_agent.writer import StatusWriter
 from navarch.node_agent.xid_store import Outcome
 from navarch.serving import EndpointServer, ServingCertificate, listen, metrics_route, probe_route
@@ -65,8 +64,6 @@ KMSG_FILE_POLL_INTERVAL = 0.5
 NODE_REFRESH_INTERVAL = 300.0
 """The expected GPU count comes from the Node; it changes rarely, so it is read this often."""
 NODE_RETRY_INTERVAL = 30.0
-MIN_WRITE_INTERVAL = 0.25
-"""Bounds the write rate in an XID flood; a new XID still reaches the API well under 1 s."""
 SHUTDOWN_GRACE = 4.0
 ALIVE_TIMEOUT = 60.0
 """Liveness fails when the writer loop has not run for this long (it runs at least every
@@ -91,18 +88,6 @@ class XidSourceSpec:
     """Start only once the status of an earlier agent has been read (replaying sources)."""
     error: Callable[[], str | None] | None = None
     """The source's own report of why it cannot read, if it has one."""
-
-
-@dataclass
-class _WriteState:
-    backoff: Backoff = field(default_factory=Backoff)
-    not_before: float = 0.0
-    """Monotonic time before which no write is tried (backoff, write-rate bound)."""
-    last_write: float | None = None
-    last_view: dict[str, Any] | None = None
-    written_version: int = -1
-    failing: bool = False
-    next_node_read: float = 0.0
 
 
 class Agent:
@@ -139,6 +124,7 @@ class Agent:
         self._writer_ran = clock.monotonic()
         self._written = threading.Event()
         self._failing_since: float | None = None
+        self._next_node_read = 0.0
         self._expected = config.expected_gpus
         self._kmsg_error: Callable[[], str | None] = next(
             (s.error for s in sources if s.name == KMSG_SOURCE and s.error), lambda: None
@@ -262,7 +248,7 @@ class Agent:
     # --- writer --------------------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        progress = _WriteState()
+        schedule = WriteSchedule(self._config.heartbeat_interval)
         while not self._stop.is_set():
             self._writer_ran = self._clock.monotonic()
             # Sleeps until something is due; every change and ``stop`` set the wake event. It
@@ -270,36 +256,24 @@ class Agent:
             # poll or heartbeat interval is not taken for a stuck writer.
             now = self._clock.monotonic()
             timeout = ALIVE_TIMEOUT / 2
-            if progress.not_before > now:
-                timeout = min(timeout, progress.not_before - now)
-            if progress.last_write is not None:
-                heartbeat_at = progress.last_write + self._config.heartbeat_interval
-                timeout = min(timeout, max(0.0, heartbeat_at - now))
+            due = schedule.next_due(now)
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - now))
             self._clock.wait(self._wake, timeout)
             self._wake.clear()
             if not self._stop.is_set():
-                self._write_if_due(progress)
+                self._write_if_due(schedule)
 
-    def _write_if_due(self, progress: _WriteState) -> None:
+    def _write_if_due(self, schedule: WriteSchedule) -> None:
         now = self._clock.monotonic()
-        if now < progress.not_before or not self._state.ready():
-            return
         version = self._state.version
-        heartbeat_due = (
-            progress.last_write is None
-            or now - progress.last_write >= self._config.heartbeat_interval
-        )
-        must = heartbeat_due or progress.failing
-        if version == progress.written_version and not must:
-            return
-        if progress.last_write is not None and now - progress.last_write < MIN_WRITE_INTERVAL:
-            progress.not_before = progress.last_write + MIN_WRITE_INTERVAL
+        if not self._state.ready() or not schedule.should_build(now, version):
             return
         try:
             if not self._seeded.is_set():
                 self._seed()
-            if now >= progress.next_node_read:
-                progress.next_node_read = now + self._read_node()
+            if now >= self._next_node_read:
+                self._next_node_read = now + self._read_node()
             status = self._state.status(
                 self._identity,
                 kmsg_error=self._kmsg_error() if self._seeded.is_set() else None,
@@ -307,33 +281,25 @@ class Agent:
                 now=self._now(),
             )
             view = meaningful_view(status)
-            if view == progress.last_view and not must:
-                progress.written_version = version
+            if not schedule.worth_writing(now, view, version):
                 return
             self._writer.patch_status(merge_patch(status))
         except Exception as e:  # the writer backs off and retries whatever went wrong
-            delay = retry_delay(progress.backoff, e)
-            progress.not_before = self._clock.monotonic() + delay
+            was_failing = schedule.failing
+            delay = schedule.failed(self._clock.monotonic(), e)
             self._metrics.write_failed(e.status if isinstance(e, ApiError) else None)
             if not isinstance(e, ApiError):
                 log.exception("status write crashed; retrying in %.1fs", delay)
             else:
-                level = logging.DEBUG if progress.failing else logging.WARNING
+                level = logging.DEBUG if was_failing else logging.WARNING
                 log.log(level, "cannot write status (%s); retrying in %.1fs", e, delay)
-            progress.failing = True
             if self._failing_since is None:
                 self._failing_since = self._clock.monotonic()
             return
         self._failing_since = None
-        if progress.failing:
-            log.info("status written again after %d failed attempts", progress.backoff.failures)
-        progress.backoff.reset()
-        progress.failing = False
-        progress.last_write, progress.last_view, progress.written_version = (
-            self._clock.monotonic(),
-            view,
-            version,
-        )
+        if schedule.failing:
+            log.info("status written again after %d failed attempts", schedule.backoff.failures)
+        schedule.wrote(self._clock.monotonic(), view, version)
         self._metrics.wrote()
         if not self._written.is_set():
             log.info("first status written for node %s", self._config.node_name)

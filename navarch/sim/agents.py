@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from navarch import __version__, api
-from navarch.backoff import Backoff, retry_delay
+from navarch.backoff import Backoff
 from navarch.errors import ApiError
 from navarch.node_agent.kube import KubeClient
 from navarch.node_agent.node_state import NodeState
-from navarch.node_agent.status import AgentIdentity, merge_patch
+from navarch.node_agent.status import AgentIdentity, meaningful_view, merge_patch
+from navarch.node_agent.write_schedule import WriteSchedule
 from navarch.node_agent.writer import StatusWriter
 from navarch.sim import synthetic
 from navarch.sim.scenario import FaultKind
@@ -115,9 +116,9 @@ class AgentFleet:
         self._on_urgent_write = on_urgent_write
         """Told the node and the wall-clock time whenever an urgent write was accepted."""
         self._backoff = backoff
-        self._backoffs: dict[str, Backoff] = {}
-        self._not_before: dict[str, float] = {}
-        """Nodes whose last write failed: when they may try again."""
+        self._schedules: dict[str, tuple[str | None, WriteSchedule]] = {}
+        """Each node's agent's write schedule, with the boot it belongs to: a reboot starts a
+        new agent, and with it a new schedule."""
         self._lock = threading.Condition()
         self._queue: list[tuple[float, int, str]] = []
         self._queued: dict[str, tuple[int, int]] = {}
@@ -158,7 +159,8 @@ class AgentFleet:
     def write_now(self, name: str) -> None:
         """Write ``name`` at once, or when its backoff after a failed write is over."""
         with self._lock:
-            due = max(self._clock(), self._not_before.get(name, 0.0))
+            entry = self._schedules.get(name)
+            due = max(self._clock(), entry[1].not_before if entry else 0.0)
         self._push(name, URGENT, due)
 
     def _push(self, name: str, priority: int, due: float) -> None:
@@ -229,30 +231,54 @@ class AgentFleet:
             self.write_now(name)
 
     def _write(self, client: KubeClient, node: SimNode) -> bool:
-        """Write ``node``'s status; whether the API server accepted it."""
+        """Write ``node``'s status when the agent's schedule says so; whether the API server
+        accepted a write."""
+        now = self._clock()
         if node.silent:
-            self._push(node.name, HEARTBEAT, self._clock() + self._interval)
+            self._push(node.name, HEARTBEAT, now + self._interval)
+            return False
+        schedule = self._schedule(node)
+        version = node.state.version
+        if not schedule.should_build(now, version):
+            self._requeue(node.name, schedule, now)
             return False
         status = node.state.status(node.identity, kmsg_error=None, expected=node.gpus, now=utcnow())
+        view = meaningful_view(status)
+        if not schedule.worth_writing(now, view, version):
+            self._requeue(node.name, schedule, now)
+            return False
         try:
             StatusWriter(client, node.name).patch_status(merge_patch(status))
         except ApiError as err:
             with self._lock:
                 self.failures += 1
                 self.last_error = str(err)
-                backoff = self._backoffs.setdefault(node.name, self._backoff())
-                retry = self._clock() + retry_delay(backoff, err)
-                self._not_before[node.name] = retry
-            self._push(node.name, HEARTBEAT, retry)
+                schedule.failed(self._clock(), err)
+            self._requeue(node.name, schedule, now)
             return False
         with self._lock:
-            self._backoffs.pop(node.name, None)
-            self._not_before.pop(node.name, None)
+            schedule.wrote(self._clock(), view, version)
             self.writes += 1
             # Real agents start at different moments; after the simultaneous first writes the
             # heartbeats are spread over one interval, not all due in the same second.
-            first = node.name not in self._started
-            self._started.add(node.name)
-            delay = self._interval * (self._spread.random() if first else 1.0)
-        self._push(node.name, HEARTBEAT, self._clock() + delay)
+            if node.name not in self._started:
+                self._started.add(node.name)
+                schedule.next_heartbeat = now + self._interval * self._spread.random()
+        self._push(node.name, HEARTBEAT, schedule.next_due(now) or now + self._interval)
         return True
+
+    def _schedule(self, node: SimNode) -> WriteSchedule:
+        with self._lock:
+            entry = self._schedules.get(node.name)
+            if entry is None or entry[0] != node.identity.boot_id:
+                schedule = WriteSchedule(self._interval, backoff=self._backoff())
+                entry = self._schedules[node.name] = (node.identity.boot_id, schedule)
+            return entry[1]
+
+    def _requeue(self, name: str, schedule: WriteSchedule, now: float) -> None:
+        """Queue the node's next try after a write that did not go out: when its schedule next
+        comes due, urgently if a fault it must report is still waiting."""
+        due = schedule.next_due(now)
+        with self._lock:
+            urgent = name in self._reporting
+        self._push(name, URGENT if urgent else HEARTBEAT, now if due is None else due)

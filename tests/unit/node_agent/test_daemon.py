@@ -21,7 +21,6 @@ from navarch.errors import ApiError
 from navarch.node_agent.config import AgentConfig
 from navarch.node_agent.daemon import (
     ALIVE_TIMEOUT,
-    MIN_WRITE_INTERVAL,
     SOURCE_RESTART_DELAY,
     WATCH_TIMEOUT,
     Agent,
@@ -30,6 +29,7 @@ from navarch.node_agent.daemon import (
 from navarch.node_agent.metrics import AgentMetrics
 from navarch.node_agent.observation import NvmlSnapshot, XidEvent
 from navarch.node_agent.status import AgentIdentity
+from navarch.node_agent.write_schedule import MIN_WRITE_INTERVAL
 from navarch.node_agent.writer import StatusWriter
 
 from .clocks import ManualClock

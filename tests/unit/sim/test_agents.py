@@ -356,16 +356,40 @@ def test_urgent_write_that_fails_is_reported_once_its_retry_is_accepted(
     assert server.count("sim-0000") >= 2
 
 
+def test_a_node_is_written_only_when_the_agents_schedule_says_so() -> None:
+    """The agent's own rule decides, not the simulator: a second write with nothing a rule
+    can act on changed and no heartbeat due is not sent; a change is."""
+    server = ApiServer()
+    (node,) = sim_nodes(1)
+    now = [1000.0]
+    fleet = AgentFleet(
+        server.connect,  # type: ignore[arg-type]
+        [node],
+        heartbeat_interval=NEVER,
+        clock=lambda: now[0],
+    )
+    client = server.connect()
+
+    assert fleet._write(client, node)
+    now[0] += 1.0
+    assert not fleet._write(client, node)
+    assert server.attempts[node.name] == 1
+
+    node.apply(FaultKind.parse("ecc"), datetime.now(UTC))
+    assert fleet._write(client, node)
+    assert server.attempts[node.name] == 2
+
+
 def test_two_writes_of_one_node_never_run_concurrently(start_fleet: StartFleet) -> None:
     server = ApiServer(delay=0.02)
     fleet = started(start_fleet, server, nodes=2, writers=6)
 
     for _ in range(15):
         attempts = server.attempts["sim-0000"]
-        fleet.write_now("sim-0000")
-        # Ask again as soon as the write is under way, while it is still in flight.
+        fault(fleet, "sim-0000", "xid 79")
+        # Another change as soon as the write is under way, while it is still in flight.
         wait_for(lambda a=attempts: server.attempts["sim-0000"] > a, "the write to start")
-        fleet.write_now("sim-0000")
+        fault(fleet, "sim-0000", "xid 79")
     wait_for(lambda: server.in_flight["sim-0000"] == 0, "the writes to finish")
 
     assert server.most_in_flight["sim-0000"] == 1
@@ -376,7 +400,7 @@ def test_write_asked_for_during_a_write_still_goes_out(start_fleet: StartFleet) 
     server = ApiServer(delay=0.2)
     fleet = started(start_fleet, server, nodes=1, writers=4)
 
-    fleet.write_now("sim-0000")
+    fault(fleet, "sim-0000", "ecc")
     wait_for(lambda: server.attempts["sim-0000"] == 2, "the second write to start")
     fault(fleet, "sim-0000", "xid 79")
 
@@ -391,7 +415,7 @@ def test_a_fault_seen_while_writes_fail_waits_for_the_backoff(start_fleet: Start
     fleet = started(start_fleet, server, backoff=lambda: Backoff(base=3600, cap=3600))
     with server.lock:
         server.fail["sim-0000"] = 1
-    fleet.write_now("sim-0000")
+    fault(fleet, "sim-0000", "ecc")
     wait_for(lambda: fleet.failures == 1, "the failed write")
 
     fault(fleet, "sim-0000", "xid 79")
