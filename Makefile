@@ -44,8 +44,7 @@ format: venv
 
 ## Regenerate crds/, charts/navarch/crds/ and the chart's default policy from the code.
 generate: venv
-	$(PY) -m navarch.crd
-	$(PY) -m navarch.operator.defaults
+	$(PY) -m navarch.generate
 
 ## Start a local control plane, install the chart and show what is there.
 demo: venv testenv

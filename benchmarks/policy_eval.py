@@ -31,8 +31,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from navarch import api
-from navarch.operator.defaults import RuleInputs, default_policy
-from navarch.operator.policy import VARIABLES, CompiledPolicy
+from navarch.operator.policy import VARIABLES, CompiledPolicy, default_policy
+from navarch.operator.rules import RuleInputs
 from navarch.operator.verdict import evaluate
 from navarch.wire import format_time, from_wire
 

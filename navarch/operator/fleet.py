@@ -24,9 +24,13 @@ from typing import Any
 
 from navarch import api
 from navarch.errors import InvalidObjectError, PolicyError
-from navarch.operator.defaults import default_policy
 from navarch.operator.model import NodeView
-from navarch.operator.policy import CompiledPolicy, compile_policy, select_policy
+from navarch.operator.policy import (
+    CompiledPolicy,
+    compile_policy,
+    default_policy,
+    select_policy,
+)
 from navarch.wire import from_wire
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,9 @@ reported as a :class:`RuleError`.
 
 Selection: when several policies select a node, the highest ``priority`` wins and a tie goes to
 the alphabetically first name, so every operator replica picks the same policy.
+
+The ``default`` policy is every built-in rule (``rules``) with every default spelled out; the
+chart ships it, and the operator applies it when the cluster has no policy at all.
 """
 
 from __future__ import annotations
@@ -24,15 +27,20 @@ import cel
 from navarch import api
 from navarch.durations import parse_duration
 from navarch.errors import InvalidObjectError, PolicyError
-from navarch.operator import defaults, storm
-from navarch.operator.defaults import Check, RuleInputs
-from navarch.wire import from_wire
+from navarch.operator import rules as builtin
+from navarch.operator.rules import Check, RuleInputs
+from navarch.wire import from_wire, to_wire
 
 VARIABLES = frozenset({"status", "labels", "gpus", "xids"})
 _MACRO_BINDING = re.compile(
     r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,"
 )
 NO_ACTION = api.ActionSpec(taint=api.TaintEffect.NONE, cordon=False)
+_PERCENT = re.compile(r"^([0-9]{1,3})%$")
+
+DEFAULT_POLICY_NAME = "default"
+DEFAULT_PRIORITY = -100
+"""Below the API default of 0, so any policy a user writes wins where it selects a node."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +107,6 @@ class CompiledPolicy:
             return self.stale_action
         return NO_ACTION
 
-    def storm_limit(self, governed: int) -> int:
-        return storm.limit(self.max_unhealthy, governed)
-
     def rule(self, name: str) -> CompiledRule | None:
         return next((r for r in self.rules if r.name == name), None)
 
@@ -115,7 +120,7 @@ class CompiledPolicy:
                 findings = rule.twin(inputs)
                 if findings:
                     times = [f.time for f in findings if f.time is not None]
-                    message = defaults.summarise(findings)
+                    message = builtin.summarise(findings)
                     matches.append(RuleMatch(rule, message, min(times) if times else None))
                 continue
             if context is None:
@@ -179,7 +184,7 @@ def compile_policy(name: str, generation: int | None, spec: Mapping[str, Any]) -
     }
     parsed_durations = {path: _duration(name, path, text) for path, text in durations.items()}
     try:
-        storm.check_max_unhealthy(parsed.max_unhealthy)
+        check_max_unhealthy(parsed.max_unhealthy)
     except ValueError as err:
         raise PolicyError(name, f"spec.maxUnhealthy: {err}") from err
 
@@ -214,7 +219,7 @@ def _all_rules(policy: str, spec: api.GpuHealthPolicySpec) -> list[api.PolicyRul
         seen.add(rule.name)
     if not spec.include_default_rules:
         return list(spec.rules)
-    return list(spec.rules) + [r for r in defaults.default_rules() if r.name not in seen]
+    return list(spec.rules) + [r for r in builtin.default_rules() if r.name not in seen]
 
 
 def _compile_rule(policy: str, index: int, rule: api.PolicyRule) -> CompiledRule:
@@ -241,7 +246,7 @@ def _compile_rule(policy: str, index: int, rule: api.PolicyRule) -> CompiledRule
         message=rule.message,
         sustained_for=sustained,
         program=program,
-        twin=defaults.twin(rule.expression),
+        twin=builtin.twin(rule.expression),
     )
 
 
@@ -267,9 +272,66 @@ def select_policy(
     """The policy that governs a node with these labels, or None if none selects it.
 
     Highest ``priority`` wins; a tie goes to the alphabetically first name. The operator passes
-    ``[defaults.default_policy()]`` when the cluster has no policy at all.
+    ``[default_policy()]`` when the cluster has no policy at all.
     """
     governing = [p for p in policies if p.governs(labels)]
     if not governing:
         return None
     return min(governing, key=lambda p: (-p.priority, p.name))
+
+
+def check_max_unhealthy(value: int | str) -> None:
+    """Raise ValueError unless ``value`` is a non-negative int or ``N%`` with 0 <= N <= 100."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"must be an integer or a percentage, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"must not be negative, got {value}")
+        return
+    match = _PERCENT.match(value)
+    if match is None or int(match.group(1)) > 100:
+        raise ValueError(f"must be an integer or a percentage from 0% to 100%, got {value!r}")
+
+
+def storm_limit(max_unhealthy: int | str, governed: int) -> int:
+    """How many of ``governed`` nodes ``maxUnhealthy`` lets be quarantined at once.
+
+    A percentage rounds down, except that a non-zero percentage of a non-empty fleet allows at
+    least one node: "10%" of 5 nodes is 1, not 0, so small clusters are still protected from
+    a broken GPU rather than silently never quarantining. "0%" and 0 allow none.
+    """
+    check_max_unhealthy(max_unhealthy)
+    if isinstance(max_unhealthy, int):
+        return max_unhealthy
+    percent = int(max_unhealthy[:-1])
+    allowed = governed * percent // 100
+    if allowed == 0 and governed > 0 and percent > 0:
+        return 1
+    return allowed
+
+
+def default_policy_spec() -> api.GpuHealthPolicySpec:
+    """The default policy: every built-in rule and every default, spelled out."""
+    return api.GpuHealthPolicySpec(
+        priority=DEFAULT_PRIORITY,
+        rules=builtin.default_rules(),
+        actions=api.Actions(),
+        recovery=api.Recovery(),
+        xids=api.XidPolicy(),
+    )
+
+
+def default_policy_object() -> dict[str, Any]:
+    """The ``default`` GpuHealthPolicy manifest, wire form, as the Helm chart ships it."""
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.GHP_KIND,
+        "metadata": {"name": DEFAULT_POLICY_NAME},
+        "spec": to_wire(default_policy_spec()),
+    }
+
+
+@functools.cache
+def default_policy() -> CompiledPolicy:
+    """The policy the operator applies when the cluster has no GpuHealthPolicy at all."""
+    return compile_policy(DEFAULT_POLICY_NAME, None, to_wire(default_policy_spec()))

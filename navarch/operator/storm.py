@@ -7,44 +7,12 @@ new quarantines beyond the limit are held and reported instead. Releases are nev
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from navarch import api
-
-_PERCENT = re.compile(r"^([0-9]{1,3})%$")
-
-
-def check_max_unhealthy(value: int | str) -> None:
-    """Raise ValueError unless ``value`` is a non-negative int or ``N%`` with 0 <= N <= 100."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"must be an integer or a percentage, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"must not be negative, got {value}")
-        return
-    match = _PERCENT.match(value)
-    if match is None or int(match.group(1)) > 100:
-        raise ValueError(f"must be an integer or a percentage from 0% to 100%, got {value!r}")
-
-
-def limit(max_unhealthy: int | str, governed: int) -> int:
-    """How many of ``governed`` nodes may be quarantined at once.
-
-    A percentage rounds down, except that a non-zero percentage of a non-empty fleet allows at
-    least one node: "10%" of 5 nodes is 1, not 0, so small clusters are still protected from
-    a broken GPU rather than silently never quarantining. "0%" and 0 allow none.
-    """
-    check_max_unhealthy(max_unhealthy)
-    if isinstance(max_unhealthy, int):
-        return max_unhealthy
-    percent = int(max_unhealthy[:-1])
-    allowed = governed * percent // 100
-    if allowed == 0 and governed > 0 and percent > 0:
-        return 1
-    return allowed
+from navarch.operator.policy import storm_limit
 
 
 @dataclass(frozen=True)
@@ -121,7 +89,7 @@ def assess(
     governed: int, quarantined: int, candidates: Sequence[Candidate], max_unhealthy: int | str
 ) -> tuple[set[str], StormState]:
     """Admit candidates under the policy's limit and summarise the outcome in one call."""
-    cap = limit(max_unhealthy, governed)
+    cap = storm_limit(max_unhealthy, governed)
     admitted = admit(quarantined, candidates, cap)
     state = StormState(
         governed=governed,

@@ -26,8 +26,8 @@ from navarch import api
 from navarch.durations import format_duration
 from navarch.errors import InvalidObjectError
 from navarch.gpu import GpuIdentity
-from navarch.operator.defaults import RuleInputs
 from navarch.operator.policy import CompiledPolicy, RuleError, RuleMatch
+from navarch.operator.rules import RuleInputs
 from navarch.wire import format_time, from_wire, parse_time
 from navarch.xid_catalog import APPLICATION_ACTIONS
 

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from navarch import api
+from navarch.gpu import GPU_PRESENT_LABEL
 from navarch.node_agent.kube import KubeClient, load_kubeconfig
 from navarch.node_agent.writer import GNH_COLLECTION, NODE_COLLECTION
-from navarch.operator.storm import limit
+from navarch.operator.policy import storm_limit
 from navarch.sim import probes, stats
 from navarch.sim.agents import AgentFleet, SimNode
 from navarch.sim.expectations import Expected, gpu_condition, mismatches
@@ -297,7 +298,7 @@ class Simulation:
         labels = {
             SIM_LABEL: self.run_id,
             RACK_LABEL: f"rack-{node.rack:02d}",
-            "nvidia.com/gpu.present": "true",
+            GPU_PRESENT_LABEL: "true",
         }
         # The API client is one connection, not thread-safe: one per setup thread.
         client: KubeClient | None = getattr(self._clients, "client", None)
@@ -472,7 +473,7 @@ class Simulation:
         s = self.scenario
         stale = s.stale_action
         return Expected(
-            cap=limit(s.policy_spec.max_unhealthy, s.nodes),
+            cap=storm_limit(s.policy_spec.max_unhealthy, s.nodes),
             quarantinable=frozenset(
                 n.name for n in self.nodes if any(f.quarantines(stale) for f in n.faults)
             ),
@@ -616,7 +617,7 @@ class Simulation:
         operator_alive: bool,
     ) -> dict[str, Any]:
         s = self.scenario
-        cap = limit(s.policy_spec.max_unhealthy, s.nodes)
+        cap = storm_limit(s.policy_spec.max_unhealthy, s.nodes)
         latencies = self._latencies()
         releases, never_released = self._releases()
         quarantined_at = [

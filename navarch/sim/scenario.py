@@ -24,7 +24,7 @@ from navarch import api
 from navarch.api import Model
 from navarch.durations import parse_duration
 from navarch.errors import InvalidObjectError, NavarchError
-from navarch.operator.storm import check_max_unhealthy
+from navarch.operator.policy import check_max_unhealthy
 from navarch.wire import from_wire
 from navarch.xid_catalog import HARDWARE_ACTIONS, RESET_ACTIONS, classify
 

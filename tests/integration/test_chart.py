@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from navarch import api
-from navarch.operator.defaults import default_policy_object
+from navarch.operator.policy import default_policy_object
 
 from .chart import (
     CHART,

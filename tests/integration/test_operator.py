@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from navarch import api
-from navarch.operator import defaults
+from navarch.operator import rules
 from navarch.wire import parse_time
 
 from .cluster import Cluster, eventually
@@ -105,7 +105,7 @@ def test_throttling_is_degraded_without_a_taint(world: World) -> None:
         rules=[
             {
                 "name": "gpu-throttled",
-                "expression": defaults.GPU_THROTTLED,
+                "expression": rules.GPU_THROTTLED,
                 "severity": "Degraded",
                 "sustainedFor": "1s",
             }

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from navarch import api
-from navarch.operator.defaults import RuleInputs
+from navarch.operator.rules import RuleInputs
 from navarch.wire import from_wire
 
 

@@ -7,16 +7,15 @@ from typing import Any
 
 from navarch import api
 from navarch.gpu import GPU_PRESENT_LABEL
-from navarch.operator import defaults
 from navarch.operator.decisions import Decision, decide, judge
 from navarch.operator.fleet import HealthEntry, NodeEntry
 from navarch.operator.model import NodeView
-from navarch.operator.policy import compile_policy
+from navarch.operator.policy import compile_policy, default_policy
 from navarch.operator.xid_events import MAX_EVENTS, xid_events
 from navarch.wire import format_time, from_wire
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-POLICY = defaults.default_policy()
+POLICY = default_policy()
 
 
 def node(**labels: str) -> NodeEntry:

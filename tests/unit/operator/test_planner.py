@@ -14,15 +14,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from navarch import api
-from navarch.operator import defaults
 from navarch.operator.model import NodeView
 from navarch.operator.planner import NodePlan, needs_new_quarantine, plan, storm_candidates
-from navarch.operator.policy import CompiledPolicy, compile_policy
+from navarch.operator.policy import CompiledPolicy, compile_policy, default_policy
 from navarch.wire import format_time
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 KEY = api.DEFAULT_TAINT_KEY
-POLICY = defaults.default_policy()
+POLICY = default_policy()
 CORDONING = compile_policy(
     "cordoning", 1, {"actions": {"unhealthy": {"taint": "NoSchedule", "cordon": True}}}
 )

@@ -1,7 +1,9 @@
-"""Durations, policy compilation and validation, rule evaluation errors, policy selection."""
+"""Durations, policy compilation and validation, rule evaluation errors, policy selection,
+the maxUnhealthy limit and the default policy."""
 
 from __future__ import annotations
 
+import copy
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,8 +15,17 @@ from hypothesis import strategies as st
 from navarch import api
 from navarch.durations import format_duration, parse_duration
 from navarch.errors import PolicyError
-from navarch.operator import defaults
-from navarch.operator.policy import CompiledPolicy, compile_policy, select_policy
+from navarch.operator import policy as policy_module
+from navarch.operator import rules
+from navarch.operator.policy import (
+    CompiledPolicy,
+    compile_policy,
+    default_policy,
+    default_policy_object,
+    select_policy,
+    storm_limit,
+)
+from navarch.wire import to_wire
 
 from .rule_inputs import inputs
 
@@ -190,11 +201,11 @@ def test_good_max_unhealthy_is_accepted(value: int | str) -> None:
 def test_include_default_rules_appends_them_and_a_policy_rule_overrides_one() -> None:
     policy = compiled(
         rule("hot", "gpus.exists(g, g.temperatureC > 90)"),
-        rule("gpu-throttled", defaults.GPU_THROTTLED, severity="Unhealthy", sustainedFor="1m"),
+        rule("gpu-throttled", rules.GPU_THROTTLED, severity="Unhealthy", sustainedFor="1m"),
         includeDefaultRules=True,
     )
     names = [r.name for r in policy.rules]
-    default_names = [d.rule.name for d in defaults.DEFAULT_RULES]
+    default_names = [d.rule.name for d in rules.DEFAULT_RULES]
     assert names == ["hot", "gpu-throttled", *[n for n in default_names if n != "gpu-throttled"]]
     throttled = policy.rule("gpu-throttled")
     assert throttled is not None
@@ -307,3 +318,74 @@ def test_tie_goes_to_the_alphabetically_first_name_whatever_the_order(order: lis
     chosen = select_policy(policies, {})
     assert chosen is not None
     assert chosen.name == "alpha"
+
+
+# --- maxUnhealthy ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("max_unhealthy", "governed", "expected"),
+    [
+        (3, 100, 3),
+        (0, 100, 0),
+        (500, 10, 500),
+        ("10%", 100, 10),
+        ("10%", 109, 10),
+        ("10%", 15, 1),
+        ("10%", 5, 1),
+        ("1%", 1, 1),
+        ("50%", 3, 1),
+        ("100%", 7, 7),
+        ("0%", 100, 0),
+        ("10%", 0, 0),
+    ],
+)
+def test_limit(max_unhealthy: int | str, governed: int, expected: int) -> None:
+    assert storm_limit(max_unhealthy, governed) == expected
+
+
+@pytest.mark.parametrize("value", [-1, "101%", "x%", "10", True])
+def test_limit_rejects_bad_values(value: int | str) -> None:
+    with pytest.raises(ValueError, match="must"):
+        storm_limit(value, 10)
+
+
+# --- the default policy ----------------------------------------------------------------------
+
+
+def test_default_policy_settings() -> None:
+    policy = default_policy()
+    assert policy.name == "default"
+    assert policy.priority == policy_module.DEFAULT_PRIORITY
+    assert policy.healthy_for.total_seconds() == 120
+    assert policy.heartbeat_timeout.total_seconds() == 120
+    assert policy.xid_window.total_seconds() == 24 * 3600
+    assert policy.max_unhealthy == "10%"
+    assert policy.unhealthy_action == api.ActionSpec(taint="NoSchedule", cordon=False)
+    assert policy.degraded_action == api.ActionSpec(taint="None", cordon=False)
+    assert policy.stale_action == api.ActionSpec(taint="None", cordon=False)
+    assert policy.taint_key == api.DEFAULT_TAINT_KEY
+    assert not policy.dry_run
+    assert policy.governs({})
+    assert all(r.twin is not None for r in policy.rules)
+    throttled = policy.rule("gpu-throttled")
+    assert throttled is not None
+    assert throttled.sustained_for is not None
+    assert throttled.sustained_for.total_seconds() == 300
+
+
+def test_default_policy_object_is_a_complete_manifest_that_compiles_to_the_default() -> None:
+    manifest = default_policy_object()
+    assert manifest["apiVersion"] == "navarch.dev/v1alpha1"
+    assert manifest["kind"] == "GpuHealthPolicy"
+    assert manifest["metadata"] == {"name": "default"}
+    spec = manifest["spec"]
+    assert [r["name"] for r in spec["rules"]] == [d.rule.name for d in rules.DEFAULT_RULES]
+    assert spec["rules"][-1]["sustainedFor"] == "5m"
+    assert spec["recovery"] == {"healthyFor": "2m"}
+    assert spec["xids"] == {"window": "24h"}
+    assert spec["maxUnhealthy"] == "10%"
+    assert spec["actions"]["unhealthy"] == {"taint": "NoSchedule", "cordon": False}
+    compiled = compile_policy("default", 1, copy.deepcopy(spec))
+    assert compiled.spec == default_policy().spec
+    assert to_wire(compiled.spec) == spec

@@ -1,43 +1,15 @@
-"""Storm protection: the limit, admission order and cap, and the policy condition."""
+"""Storm protection: admission order and cap, and the policy condition."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from navarch.operator.storm import Candidate, StormState, admit, assess, limit
+from navarch.operator.storm import Candidate, StormState, admit, assess
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("max_unhealthy", "governed", "expected"),
-    [
-        (3, 100, 3),
-        (0, 100, 0),
-        (500, 10, 500),
-        ("10%", 100, 10),
-        ("10%", 109, 10),
-        ("10%", 15, 1),
-        ("10%", 5, 1),
-        ("1%", 1, 1),
-        ("50%", 3, 1),
-        ("100%", 7, 7),
-        ("0%", 100, 0),
-        ("10%", 0, 0),
-    ],
-)
-def test_limit(max_unhealthy: int | str, governed: int, expected: int) -> None:
-    assert limit(max_unhealthy, governed) == expected
-
-
-@pytest.mark.parametrize("value", [-1, "101%", "x%", "10", True])
-def test_limit_rejects_bad_values(value: int | str) -> None:
-    with pytest.raises(ValueError, match="must"):
-        limit(value, 10)
 
 
 def at(minutes: int) -> datetime:

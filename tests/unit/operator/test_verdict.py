@@ -8,13 +8,12 @@ from typing import Any
 import pytest
 
 from navarch import api
-from navarch.operator import defaults
-from navarch.operator.policy import CompiledPolicy, compile_policy
+from navarch.operator.policy import CompiledPolicy, compile_policy, default_policy
 from navarch.operator.verdict import Evaluation, evaluate, is_active
 from navarch.wire import format_time, from_wire
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-POLICY = defaults.default_policy()
+POLICY = default_policy()
 
 
 def ago(**delta: float) -> str:

@@ -1,8 +1,7 @@
-"""The default rules: each one matching and not, its message, and its Python twin against CEL."""
+"""The built-in rules: each one matching and not, its message, and its Python twin against CEL."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from datetime import UTC, datetime
 from typing import Any
@@ -11,11 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from navarch import api
-from navarch.operator import defaults
-from navarch.operator.defaults import RuleInputs
-from navarch.operator.policy import VARIABLES, CompiledPolicy, compile_policy
-from navarch.wire import to_wire
+from navarch.operator import rules
+from navarch.operator.policy import VARIABLES, CompiledPolicy, default_policy
+from navarch.operator.rules import RuleInputs
 
 from .rule_inputs import inputs
 
@@ -68,7 +65,7 @@ def without_twins(policy: CompiledPolicy) -> CompiledPolicy:
     return dataclasses.replace(policy, rules=rules, cel_variables=VARIABLES)
 
 
-POLICY = defaults.default_policy()
+POLICY = default_policy()
 CEL_POLICY = without_twins(POLICY)
 
 
@@ -222,7 +219,7 @@ def test_rule_does_not_match(rule: str, status: dict[str, Any], labels: dict[str
 
 
 def test_every_default_rule_has_a_matching_and_a_non_matching_case() -> None:
-    names = {d.rule.name for d in defaults.DEFAULT_RULES}
+    names = {d.rule.name for d in rules.DEFAULT_RULES}
     assert {case[0] for case in MATCHING} == names
     assert {case[0] for case in NOT_MATCHING} == names
 
@@ -262,58 +259,20 @@ def test_long_messages_list_the_first_findings_and_count_the_rest() -> None:
     for g in status["gpus"]:
         g["error"] = "GPU_IS_LOST"
     message = matched(POLICY, inputs(status))["gpu-error"]
-    assert message.count("GPU_IS_LOST") == defaults.MAX_FINDINGS
+    assert message.count("GPU_IS_LOST") == rules.MAX_FINDINGS
     assert message.endswith("and 4 more")
 
 
-def test_default_policy_settings() -> None:
-    policy = defaults.default_policy()
-    assert policy.name == "default"
-    assert policy.priority == defaults.DEFAULT_PRIORITY
-    assert policy.healthy_for.total_seconds() == 120
-    assert policy.heartbeat_timeout.total_seconds() == 120
-    assert policy.xid_window.total_seconds() == 24 * 3600
-    assert policy.max_unhealthy == "10%"
-    assert policy.unhealthy_action == api.ActionSpec(taint="NoSchedule", cordon=False)
-    assert policy.degraded_action == api.ActionSpec(taint="None", cordon=False)
-    assert policy.stale_action == api.ActionSpec(taint="None", cordon=False)
-    assert policy.taint_key == api.DEFAULT_TAINT_KEY
-    assert not policy.dry_run
-    assert policy.governs({})
-    assert all(r.twin is not None for r in policy.rules)
-    throttled = policy.rule("gpu-throttled")
-    assert throttled is not None
-    assert throttled.sustained_for is not None
-    assert throttled.sustained_for.total_seconds() == 300
-
-
-def test_default_policy_object_is_a_complete_manifest_that_compiles_to_the_default() -> None:
-    manifest = defaults.default_policy_object()
-    assert manifest["apiVersion"] == "navarch.dev/v1alpha1"
-    assert manifest["kind"] == "GpuHealthPolicy"
-    assert manifest["metadata"] == {"name": "default"}
-    spec = manifest["spec"]
-    assert [r["name"] for r in spec["rules"]] == [d.rule.name for d in defaults.DEFAULT_RULES]
-    assert spec["rules"][-1]["sustainedFor"] == "5m"
-    assert spec["recovery"] == {"healthyFor": "2m"}
-    assert spec["xids"] == {"window": "24h"}
-    assert spec["maxUnhealthy"] == "10%"
-    assert spec["actions"]["unhealthy"] == {"taint": "NoSchedule", "cordon": False}
-    compiled = compile_policy("default", 1, copy.deepcopy(spec))
-    assert compiled.spec == defaults.default_policy().spec
-    assert to_wire(compiled.spec) == spec
-
-
 def test_twins_ignore_layout_but_not_content() -> None:
-    rewrapped = defaults.RETIRED_PAGES.replace(" || ", "\n  || ").replace(" && ", " &&\n\t")
-    assert defaults.twin(rewrapped) is not None
-    assert defaults.twin(defaults.RETIRED_PAGES.replace(">= 64", ">= 32")) is None
-    assert defaults.twin("true") is None
+    rewrapped = rules.RETIRED_PAGES.replace(" || ", "\n  || ").replace(" && ", " &&\n\t")
+    assert rules.twin(rewrapped) is not None
+    assert rules.twin(rules.RETIRED_PAGES.replace(">= 64", ">= 32")) is None
+    assert rules.twin("true") is None
 
 
 def test_default_rules_are_fresh_copies() -> None:
-    defaults.default_rules()[0].severity = "Degraded"
-    assert defaults.default_rules()[0].severity == "Unhealthy"
+    rules.default_rules()[0].severity = "Degraded"
+    assert rules.default_rules()[0].severity == "Unhealthy"
 
 
 # --- every twin agrees with its CEL expression ---------------------------------------------
