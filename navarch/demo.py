@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from navarch import api
+from navarch.gpu import GPU_RESOURCE
 from navarch.testing import fake_nvml
 from navarch.testing.controlplane import REPO_ROOT, ControlPlane, binary, die_with_parent
-from navarch.testing.workloads import GPU_RESOURCE, GPUS_PER_NODE, WorkloadPlane
+from navarch.testing.workloads import GPUS_PER_NODE, WorkloadPlane
 
 NODES = ("gpu-node-a", "gpu-node-b", "gpu-node-c", "gpu-node-d")
 HEALTHY_FOR = "10s"

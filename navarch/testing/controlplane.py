@@ -183,10 +183,39 @@ class Pki:
 
 @dataclass
 class Component:
+    """One child process of the local cluster, logging to ``<workdir>/<name>.log``."""
+
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+
+    @classmethod
+    def spawn(cls, name: str, argv: list[str], workdir: Path) -> Component:
+        log_path = workdir / f"{name}.log"
+        log_file = log_path.open("ab")
+        process = subprocess.Popen(
+            die_with_parent(argv),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        return cls(name, process, log_path, log_file)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log_file.close()
+
+    def tail(self, lines: int) -> str:
+        self.log_file.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return f"== {self.name} ({self.log_path})\n" + "\n".join(text)
 
 
 @dataclass
@@ -287,7 +316,7 @@ class ControlPlane:
 
     def _stop_component(self, name: str) -> None:
         for component in [c for c in self.components if c.name == name]:
-            self._terminate(component)
+            component.stop()
             self.components.remove(component)
 
     def install_crds(self, timeout: str = "60s") -> None:
@@ -316,40 +345,17 @@ class ControlPlane:
         return path
 
     def logs(self, lines: int = 60) -> str:
-        out = []
-        for component in self.components:
-            component.log_file.flush()
-            text = component.log_path.read_text(errors="replace").splitlines()[-lines:]
-            out.append(f"== {component.name} ({component.log_path})\n" + "\n".join(text))
-        return "\n".join(out)
+        return "\n".join(component.tail(lines) for component in self.components)
 
     def stop(self) -> None:
         for component in reversed(self.components):
-            self._terminate(component)
+            component.stop()
         self.components.clear()
         if not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log_path = self.workdir / f"{name}.log"
-        log_file = log_path.open("ab")
-        process = subprocess.Popen(
-            die_with_parent(argv),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        self.components.append(Component(name, process, log_path, log_file))
-
-    def _terminate(self, component: Component) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            component.process.terminate()
-        try:
-            component.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            component.process.kill()
-            component.process.wait()
-        component.log_file.close()
+        self.components.append(Component.spawn(name, argv, self.workdir))
 
     def _wait(self, url: str, timeout: float, name: str, *, tls: bool) -> None:
         context = None

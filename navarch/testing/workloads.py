@@ -18,25 +18,23 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from navarch.gpu import GPU_COUNT_LABEL, GPU_PRESENT_LABEL, GPU_RESOURCE
 from navarch.node_agent.kube import KubeClient, load_kubeconfig
 from navarch.testing.controlplane import (
+    Component,
     ControlPlane,
     ControlPlaneError,
     binary,
-    die_with_parent,
     free_port,
 )
 
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
 GPUS_PER_NODE = 8
 OUTCOME = "workloads.navarch.dev/outcome"
 """Pod annotation: how a Job's pod ends, ``Succeeded`` (the default) or ``Failed``."""
@@ -71,24 +69,6 @@ controllers would only cost the CPU the tests run on."""
 STAGES = Path(__file__).with_name("kwok-stages.yaml")
 
 
-@dataclass
-class _Process:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    log_file: IO[bytes]
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log_file.close()
-
-
 def node_manifest(
     name: str, index: int, gpus: int, labels: dict[str, str] | None = None
 ) -> dict[str, Any]:
@@ -101,7 +81,7 @@ def node_manifest(
         capacity = {"cpu": "224", "memory": "2Ti", "pods": "110", GPU_RESOURCE: str(gpus)}
         gpu_labels = {
             GPU_PRESENT_LABEL: "true",
-            "nvidia.com/gpu.count": str(gpus),
+            GPU_COUNT_LABEL: str(gpus),
             "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
         }
     return {
@@ -129,7 +109,7 @@ class WorkloadPlane:
     """Scheduler, controller manager and fake Nodes on ``plane``. ``with WorkloadPlane(p):``."""
 
     plane: ControlPlane
-    processes: dict[str, _Process] = field(default_factory=dict)
+    processes: dict[str, Component] = field(default_factory=dict)
     nodes: list[str] = field(default_factory=list)
 
     @property
@@ -250,12 +230,7 @@ class WorkloadPlane:
                 time.sleep(0.2)
 
     def logs(self, lines: int = 40) -> str:
-        out = []
-        for process in self.processes.values():
-            process.log_file.flush()
-            text = process.log_path.read_text(errors="replace").splitlines()[-lines:]
-            out.append(f"== {process.name} ({process.log_path})\n" + "\n".join(text))
-        return "\n".join(out)
+        return "\n".join(process.tail(lines) for process in self.processes.values())
 
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
@@ -271,15 +246,7 @@ class WorkloadPlane:
             client.close()
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log_path = self.workdir / f"{name}.log"
-        log_file = log_path.open("ab")
-        process = subprocess.Popen(
-            die_with_parent(argv),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        self.processes[name] = _Process(name, process, log_path, log_file)
+        self.processes[name] = Component.spawn(name, argv, self.workdir)
 
     def _check_running(self) -> None:
         for process in self.processes.values():

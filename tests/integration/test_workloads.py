@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from navarch.testing.workloads import GPU_PRESENT_LABEL, OUTCOME, RUNS_FOR
+from navarch.gpu import GPU_PRESENT_LABEL
+from navarch.testing.workloads import OUTCOME, RUNS_FOR
 
 from .chart import CHART, NO_POLICY, Release, installed
 from .cluster import eventually

@@ -26,10 +26,11 @@ from typing import Any
 from kubernetes import client
 
 from navarch import api
+from navarch.gpu import GPU_PRESENT_LABEL, GPU_RESOURCE
 from navarch.testing import fake_nvml
 from navarch.testing.controlplane import die_with_parent
 from navarch.testing.operator_process import OperatorProcess
-from navarch.testing.workloads import GPU_PRESENT_LABEL, GPU_RESOURCE, GPUS_PER_NODE, WorkloadPlane
+from navarch.testing.workloads import GPUS_PER_NODE, WorkloadPlane
 from navarch.wire import parse_time
 
 from .chart import Release, as_token

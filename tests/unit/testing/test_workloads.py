@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from navarch.testing.workloads import GPU_PRESENT_LABEL, GPU_RESOURCE, node_manifest
+from navarch.gpu import GPU_PRESENT_LABEL, GPU_RESOURCE
+from navarch.testing.workloads import node_manifest
 
 
 def test_a_gpu_node_registers_its_gpus_and_the_gpu_feature_discovery_labels() -> None:
