@@ -31,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from navarch import api
+from navarch.operator.model import HealthView
 from navarch.operator.policy import VARIABLES, CompiledPolicy, default_policy
 from navarch.operator.rules import RuleInputs
 from navarch.operator.verdict import evaluate
@@ -183,12 +184,13 @@ def fleet(count: int) -> list[Node]:
 
 def run(nodes: list[Node], policy: CompiledPolicy) -> tuple[float, Counter[str]]:
     """Time ``evaluate`` end to end, as the operator calls it."""
-    health: Counter[str] = Counter()
+    verdicts: Counter[str] = Counter()
     started = time.perf_counter()
     for status, node_annotations, labels in nodes:
-        evaluation = evaluate(status, node_annotations, labels, policy, NOW, previous=None)
-        health[evaluation.verdict.health.value] += 1
-    return time.perf_counter() - started, health
+        health = HealthView.parse(status, node_annotations, 1)
+        evaluation = evaluate(health, labels, policy, NOW, previous=None)
+        verdicts[evaluation.verdict.health.value] += 1
+    return time.perf_counter() - started, verdicts
 
 
 def checked(nodes: list[Node]) -> tuple[float, list[RuleInputs]]:

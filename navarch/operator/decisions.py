@@ -22,16 +22,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from navarch import api
-from navarch.errors import InvalidObjectError
 from navarch.gpu import GPU_PRESENT_LABEL
 from navarch.operator import gnh_status
 from navarch.operator.fleet import HealthEntry, NodeEntry
-from navarch.operator.model import Event
+from navarch.operator.model import Event, HealthView
 from navarch.operator.planner import NodePlan, needs_new_quarantine, plan
 from navarch.operator.policy import CompiledPolicy
 from navarch.operator.verdict import Evaluation, evaluate
 from navarch.operator.xid_events import xid_events
-from navarch.wire import from_wire
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ class Judgement:
 
     name: str
     node: NodeEntry | None
-    health: HealthEntry | None
+    health: HealthView | None
     policy: CompiledPolicy | None
     previous: api.Verdict | None
     evaluation: Evaluation | None
@@ -75,7 +73,6 @@ class Judgement:
 class Decision:
     name: str
     node: NodeEntry | None
-    health: HealthEntry | None
     verdict: api.Verdict
     """The verdict as written, with the action actually taken."""
     policy: str | None
@@ -118,14 +115,15 @@ def judge(
     ``remembered`` is the verdict decided last time, which stands in for the persisted one of
     a Node without a GpuNodeHealth.
     """
-    previous = health.previous if health is not None else remembered
+    view = health.view() if health is not None else None
+    previous = view.verdict if view is not None else remembered
     if node is None:
         if health is None:
             return None
         verdict = gnh_status.unjudged(
             api.Reason.NODE_NOT_FOUND, f"Node {name} does not exist", previous, now
         )
-        return Judgement(name, None, health, None, previous, None, verdict)
+        return Judgement(name, None, view, None, previous, None, verdict)
     if policy is None:
         if health is None:
             return None
@@ -135,18 +133,13 @@ def judge(
             previous,
             now,
         )
-        return Judgement(name, node, health, None, previous, None, verdict)
-    view = node.view
-    if health is None:
-        expected = view.labels.get(GPU_PRESENT_LABEL) == "true"
-        if not (expected or view.quarantined or view.condition is not None):
+        return Judgement(name, node, view, None, previous, None, verdict)
+    if view is None:
+        expected = node.view.labels.get(GPU_PRESENT_LABEL) == "true"
+        if not (expected or node.view.quarantined or node.view.condition is not None):
             return None
-        evaluation = evaluate(None, {}, view.labels, policy, now, previous=previous)
-    else:
-        evaluation = evaluate(
-            health.status, health.annotations, view.labels, policy, now, previous=previous
-        )
-    return Judgement(name, node, health, policy, previous, evaluation, remembered=remembered)
+    evaluation = evaluate(view, node.view.labels, policy, now, previous=previous)
+    return Judgement(name, node, view, policy, previous, evaluation, remembered=remembered)
 
 
 def decide(judgement: Judgement, *, storm_admits: bool, now: datetime) -> Decision:
@@ -162,15 +155,14 @@ def decide(judgement: Judgement, *, storm_admits: bool, now: datetime) -> Decisi
         ):
             events = (Event("Warning", verdict.reason, verdict.message or ""),)
         patch = _health_patch(health, verdict, quarantined, None, checked=False, now=now)
-        return Decision(j.name, j.node, health, verdict, None, None, patch, events, None, False)
+        return Decision(j.name, j.node, verdict, None, None, patch, events, None, False)
 
     evaluation, policy = j.evaluation, j.policy
     node_plan = plan(
         evaluation.verdict, j.node.view, policy, now, storm_admits, previous=j.previous
     )
-    informational, until = xid_events(
-        evaluation.informational_xids, _gpus(health, evaluation), j.xids_reported_until
-    )
+    gpus = health.status.gpus if health is not None and health.status is not None else []
+    informational, until = xid_events(evaluation.informational_xids, gpus, j.xids_reported_until)
     verdict = node_plan.verdict.model_copy(update={"xid_events_until": until})
     quarantined = verdict.action in gnh_status.QUARANTINE_ACTIONS
     patch = _health_patch(
@@ -180,7 +172,6 @@ def decide(judgement: Judgement, *, storm_admits: bool, now: datetime) -> Decisi
     return Decision(
         name=j.name,
         node=j.node,
-        health=health,
         verdict=verdict,
         policy=policy.name,
         plan=node_plan,
@@ -192,7 +183,7 @@ def decide(judgement: Judgement, *, storm_admits: bool, now: datetime) -> Decisi
 
 
 def _health_patch(
-    health: HealthEntry | None,
+    health: HealthView | None,
     verdict: api.Verdict,
     quarantined: bool,
     status_error: str | None,
@@ -202,9 +193,8 @@ def _health_patch(
 ) -> dict[str, Any] | None:
     if health is None:
         return None
-    status = health.status
     conditions = gnh_status.conditions(
-        gnh_status.current_conditions(status),
+        health.conditions,
         verdict,
         quarantined=quarantined,
         status_error=status_error,
@@ -212,17 +202,4 @@ def _health_patch(
         generation=health.generation,
         now=now,
     )
-    return gnh_status.patch(status, verdict, conditions)
-
-
-def _gpus(health: HealthEntry | None, evaluation: Evaluation) -> list[api.GpuStatus]:
-    """The node's GPUs, to name the GPU of an XID; read only when there are XIDs to report."""
-    if health is None or not evaluation.informational_xids:
-        return []
-    try:
-        return [
-            from_wire(api.GpuStatus, g, f"status.gpus[{i}]")
-            for i, g in enumerate(health.status.get("gpus") or [])
-        ]
-    except InvalidObjectError:
-        return []
+    return gnh_status.patch(health, verdict, conditions)

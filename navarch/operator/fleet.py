@@ -23,15 +23,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from navarch import api
-from navarch.errors import InvalidObjectError, PolicyError
-from navarch.operator.model import NodeView
+from navarch.errors import PolicyError
+from navarch.operator.model import HealthView, NodeView
 from navarch.operator.policy import (
     CompiledPolicy,
     compile_policy,
     default_policy,
     select_policy,
 )
-from navarch.wire import from_wire
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +62,10 @@ class NodeEntry:
 class HealthEntry:
     """A GpuNodeHealth as last seen.
 
-    The status is kept as compact JSON and parsed each time it is read. Parsed, eight GPUs of
-    readings take about 15 KiB of Python objects, serialised about 5 KiB: at 5,000 nodes that
-    is the difference between 75 MiB and 25 MiB of index, while a node's status is read only
-    when the node is judged, a few times per change.
+    The status is kept as compact JSON and parsed when the node is judged. Parsed, eight GPUs
+    of readings take about 15 KiB of Python objects, serialised about 5 KiB: at 5,000 nodes
+    that is the difference between 75 MiB and 25 MiB of index, while a node's status is read
+    only when the node is judged, a few times per change.
     """
 
     name: str
@@ -75,38 +74,22 @@ class HealthEntry:
     resource_version: str | None
     annotations: Mapping[str, str]
     status_json: bytes
-    verdict: Mapping[str, Any] | None
-    """The persisted verdict as stored, read on every judgement without parsing the rest."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> HealthEntry:
         metadata = body.get("metadata") or {}
-        status = body.get("status") or {}
         return cls(
             name=metadata["name"],
             uid=metadata.get("uid", ""),
             generation=metadata.get("generation"),
             resource_version=metadata.get("resourceVersion"),
             annotations=dict(metadata.get("annotations") or {}),
-            status_json=json.dumps(status, separators=(",", ":")).encode(),
-            verdict=status.get("verdict"),
+            status_json=json.dumps(body.get("status") or {}, separators=(",", ":")).encode(),
         )
 
-    @property
-    def status(self) -> dict[str, Any]:
-        """A fresh copy of the status, the caller's to keep or change."""
-        parsed: dict[str, Any] = json.loads(self.status_json)
-        return parsed
-
-    @property
-    def previous(self) -> api.Verdict | None:
-        """The verdict the operator persisted last; None if absent or edited out of shape."""
-        if self.verdict is None:
-            return None
-        try:
-            return from_wire(api.Verdict, self.verdict, "status.verdict")
-        except InvalidObjectError:
-            return None
+    def view(self) -> HealthView:
+        """The status parsed and checked, for one judgement."""
+        return HealthView.parse(json.loads(self.status_json), self.annotations, self.generation)
 
 
 @dataclass

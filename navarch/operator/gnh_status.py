@@ -9,13 +9,12 @@ merge patch replaces whole.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from navarch import api
-from navarch.errors import InvalidObjectError
-from navarch.wire import camel, from_wire, to_wire
+from navarch.operator.model import HealthView
+from navarch.wire import camel, to_wire
 
 QUARANTINE_ACTIONS = frozenset(
     {api.Action.TAINT.value, api.Action.CORDON.value, api.Action.TAINT_AND_CORDON.value}
@@ -117,31 +116,12 @@ def _quarantined(verdict: api.Verdict, quarantined: bool, generation: int | None
     )
 
 
-def current_conditions(status: Mapping[str, Any]) -> list[api.Condition]:
-    """The conditions as stored; an edited, unreadable list starts afresh."""
-    raw = status.get("conditions") or []
-    try:
-        return [from_wire(api.Condition, c, f"status.conditions[{i}]") for i, c in enumerate(raw)]
-    except InvalidObjectError:
-        return []
-
-
 def patch(
-    status: Mapping[str, Any], verdict: api.Verdict, new_conditions: list[api.Condition]
+    health: HealthView, verdict: api.Verdict, new_conditions: list[api.Condition]
 ) -> dict[str, Any] | None:
     """The merge patch that writes ``verdict`` and ``new_conditions``; None if both stand."""
-    if _stored(status, verdict) and current_conditions(status) == new_conditions:
+    if health.verdict == verdict and health.conditions == new_conditions:
         return None
     full = {camel(name): None for name in api.Verdict.model_fields}
     full.update(to_wire(verdict))
     return {"status": {"verdict": full, "conditions": to_wire(new_conditions)}}
-
-
-def _stored(status: Mapping[str, Any], verdict: api.Verdict) -> bool:
-    raw = status.get("verdict")
-    if raw is None:
-        return False
-    try:
-        return from_wire(api.Verdict, raw, "status.verdict") == verdict
-    except InvalidObjectError:
-        return False

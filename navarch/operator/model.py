@@ -1,7 +1,9 @@
-"""The operator's model: what it reads of a Node, and the Events it posts.
+"""The operator's model: what it reads of a Node and of a GpuNodeHealth, and the Events it posts.
 
 The lowest stage of the operator's core: every stage above (rules, policy, verdict, plan,
-storm, apply) speaks of Nodes in these types, and the API layer posts these Events.
+storm, apply) speaks of Nodes and statuses in these types, and the API layer posts these
+Events. A status arrives as JSON and is parsed here, once per judgement; every stage after
+that takes the typed object.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from navarch import api
-from navarch.wire import format_time, parse_time
+from navarch.errors import InvalidObjectError
+from navarch.wire import format_time, from_wire, parse_time
 
 ConditionValue = Literal["True", "False", "Unknown"]
 
@@ -156,3 +159,63 @@ class Event:
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
+
+
+@dataclass(frozen=True)
+class HealthView:
+    """A GpuNodeHealth as one judgement reads it."""
+
+    annotations: Mapping[str, str]
+    generation: int | None
+    facts: Mapping[str, Any]
+    """The agent-owned status keys as written, for the CEL rules."""
+    status: api.GpuNodeHealthStatus | None
+    """The status checked against the API; None when it is empty or does not match."""
+    error: str | None = None
+    """Why the status does not match the API, naming the field (reason InvalidStatus)."""
+    verdict: api.Verdict | None = None
+    """The verdict as persisted; None if absent or edited out of shape."""
+    conditions: list[api.Condition] = field(default_factory=list)
+    """The conditions as stored; an edited, unreadable list reads as none."""
+
+    @classmethod
+    def parse(
+        cls, status: Mapping[str, Any], annotations: Mapping[str, str], generation: int | None
+    ) -> HealthView:
+        """Check ``status`` (wire form) against the API once, keeping what judging needs."""
+        facts = {k: v for k, v in status.items() if k in api.AGENT_STATUS_KEYS}
+        if not status:
+            return cls(annotations, generation, facts, None)
+        try:
+            parsed = from_wire(api.GpuNodeHealthStatus, status, "status")
+        except InvalidObjectError as err:
+            # The operator's own keys are still read, so the verdict's transitions and the
+            # conditions' times survive an agent that writes garbage.
+            return cls(
+                annotations,
+                generation,
+                facts,
+                None,
+                str(err),
+                _stored_verdict(status),
+                _stored_conditions(status),
+            )
+        return cls(annotations, generation, facts, parsed, None, parsed.verdict, parsed.conditions)
+
+
+def _stored_verdict(status: Mapping[str, Any]) -> api.Verdict | None:
+    raw = status.get("verdict")
+    if raw is None:
+        return None
+    try:
+        return from_wire(api.Verdict, raw, "status.verdict")
+    except InvalidObjectError:
+        return None
+
+
+def _stored_conditions(status: Mapping[str, Any]) -> list[api.Condition]:
+    raw = status.get("conditions") or []
+    try:
+        return [from_wire(api.Condition, c, f"status.conditions[{i}]") for i, c in enumerate(raw)]
+    except InvalidObjectError:
+        return []

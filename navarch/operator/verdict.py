@@ -20,15 +20,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from navarch import api
 from navarch.durations import format_duration
-from navarch.errors import InvalidObjectError
 from navarch.gpu import GpuIdentity
+from navarch.operator.model import HealthView
 from navarch.operator.policy import CompiledPolicy, RuleError, RuleMatch
 from navarch.operator.rules import RuleInputs
-from navarch.wire import format_time, from_wire, parse_time
+from navarch.wire import format_time, parse_time
 from navarch.xid_catalog import APPLICATION_ACTIONS
 
 MAX_MESSAGE = 1024
@@ -64,18 +63,17 @@ class Evaluation:
 
 
 def evaluate(
-    status: Mapping[str, Any] | None,
-    annotations: Mapping[str, str],
+    health: HealthView | None,
     labels: Mapping[str, str],
     policy: CompiledPolicy,
     now: datetime,
     *,
     previous: api.Verdict | None,
 ) -> Evaluation:
-    """Judge one node. ``status`` is the GpuNodeHealth status in wire form, ``annotations``
-    the GpuNodeHealth's, ``labels`` the Node's, ``previous`` the verdict written last time."""
+    """Judge one node. ``health`` is its GpuNodeHealth (None if it has none), ``labels`` the
+    Node's, ``previous`` the verdict written last time."""
     now = _aware(now)
-    if not status:
+    if health is None or (health.status is None and health.error is None):
         verdict = _verdict(
             policy,
             api.Health.UNKNOWN,
@@ -85,19 +83,19 @@ def evaluate(
             previous=previous,
         )
         return Evaluation(verdict)
-    try:
-        parsed = from_wire(api.GpuNodeHealthStatus, status, "status")
-    except InvalidObjectError as err:
+    if health.status is None:
+        error = health.error or ""
         verdict = _verdict(
             policy,
             api.Health.UNKNOWN,
             api.Reason.INVALID_STATUS,
-            str(err),
+            error,
             now=now,
             previous=previous,
         )
-        return Evaluation(verdict, status_error=str(err))
+        return Evaluation(verdict, status_error=error)
 
+    parsed = health.status
     stale = _stale_heartbeat(parsed.last_heartbeat_time, policy.heartbeat_timeout, now)
     if stale is not None:
         verdict = _verdict(
@@ -112,8 +110,8 @@ def evaluate(
         return Evaluation(verdict)
 
     warnings: list[str] = []
-    acknowledged = _acknowledged_before(annotations, warnings)
-    raw_xids = status.get("xids") or []
+    acknowledged = _acknowledged_before(health.annotations, warnings)
+    raw_xids = health.facts.get("xids") or []
     active = [
         i
         for i, xid in enumerate(parsed.xids)
@@ -123,20 +121,20 @@ def evaluate(
         status=parsed,
         xids=[parsed.xids[i] for i in active],
         labels=labels,
-        wire_status={k: v for k, v in status.items() if k in api.AGENT_STATUS_KEYS},
+        wire_status=health.facts,
         wire_xids=[raw_xids[i] for i in active],
     )
     matches, errors = policy.evaluate_rules(inputs)
     counted, pending = _sustain(matches, previous, now)
 
     if any(m.rule.severity == api.Severity.UNHEALTHY.value for m, _ in counted):
-        health = api.Health.UNHEALTHY
+        state = api.Health.UNHEALTHY
     elif counted:
-        health = api.Health.DEGRADED
+        state = api.Health.DEGRADED
     else:
-        health = api.Health.HEALTHY
+        state = api.Health.HEALTHY
 
-    if health == api.Health.HEALTHY.value:
+    if state == api.Health.HEALTHY.value:
         reason = api.Reason.ALL_CHECKS_PASSED
         message = _healthy_message(len(policy.rules), pending, errors)
         fault_time = None
@@ -144,11 +142,11 @@ def evaluate(
         reason = api.Reason.RULE_MATCHED
         message = _truncate("; ".join(f"{m.rule.name}: {m.message}" for m, _ in counted))
         fault_time = min(
-            m.fault_time or since for m, since in counted if m.rule.severity == health.value
+            m.fault_time or since for m, since in counted if m.rule.severity == state.value
         )
 
     verdict = _verdict(
-        policy, health, reason, message, now=now, previous=previous, fault_time=fault_time
+        policy, state, reason, message, now=now, previous=previous, fault_time=fault_time
     )
     verdict.rules = [_matched(m, since) for m, since in counted]
     verdict.pending = [_matched(m, since) for m, since in pending]

@@ -209,9 +209,9 @@ def test_a_health_status_is_kept_compact_and_read_back_as_a_fresh_copy() -> None
     entry = fleet.healths["a"]
 
     assert entry.status_json == json.dumps(status, separators=(",", ":")).encode()
-    first = entry.status
-    assert first == status
-    first["gpus"].clear()
-    assert len(entry.status["gpus"]) == 8
-    previous = entry.previous
+    first = entry.view()
+    assert first.facts == {"gpus": status["gpus"]}
+    first.facts["gpus"].clear()
+    assert len(entry.view().facts["gpus"]) == 8
+    previous = entry.view().verdict
     assert previous is not None and previous.health == "Healthy"

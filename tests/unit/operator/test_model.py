@@ -1,4 +1,4 @@
-"""The model: what the operator reads of a Node."""
+"""The model: what the operator reads of a Node and of a GpuNodeHealth."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from navarch import api
-from navarch.operator.model import NodeView
+from navarch.operator.model import HealthView, NodeView
 
 KEY = api.DEFAULT_TAINT_KEY
 FOREIGN = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
@@ -71,3 +71,40 @@ def test_unreadable_applied_taint_annotation_is_not_a_record() -> None:
     view = NodeView.from_node(node(annotations={api.APPLIED_TAINT_ANNOTATION: "garbage"}))
     assert view.applied_taint is None
     assert not view.quarantined
+
+
+VERDICT = {"health": "Healthy", "action": "None", "reason": "AllChecksPassed"}
+CONDITION = {"type": "Healthy", "status": "True", "reason": "AllChecksPassed"}
+
+
+def test_a_status_is_parsed_once_into_facts_verdict_and_conditions() -> None:
+    status = {
+        "gpuCount": 1,
+        "gpus": [{"index": 0}],
+        "verdict": VERDICT,
+        "conditions": [CONDITION],
+    }
+    view = HealthView.parse(status, {"a": "b"}, 4)
+    assert view.status is not None and view.status.gpus[0].index == 0
+    assert view.error is None
+    assert view.facts == {"gpuCount": 1, "gpus": [{"index": 0}]}
+    assert view.verdict is not None and view.verdict.health == "Healthy"
+    assert [c.type for c in view.conditions] == ["Healthy"]
+    assert (view.annotations, view.generation) == ({"a": "b"}, 4)
+
+
+def test_an_invalid_status_names_the_field_and_keeps_the_operators_keys() -> None:
+    status = {"gpus": [{"index": "zero"}], "verdict": VERDICT, "conditions": [CONDITION]}
+    view = HealthView.parse(status, {}, 1)
+    assert view.status is None
+    assert view.error is not None and "status.gpus[0].index" in view.error
+    assert view.verdict is not None and view.verdict.reason == "AllChecksPassed"
+    assert [c.type for c in view.conditions] == ["Healthy"]
+
+
+def test_an_empty_status_is_no_status_and_edited_operator_keys_read_as_none() -> None:
+    empty = HealthView.parse({}, {}, 1)
+    assert (empty.status, empty.error, empty.verdict, empty.conditions) == (None, None, None, [])
+    edited = HealthView.parse({"gpus": "x", "verdict": {"health": 3}, "conditions": [1]}, {}, 1)
+    assert edited.error is not None
+    assert (edited.verdict, edited.conditions) == (None, [])

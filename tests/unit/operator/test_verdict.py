@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from navarch import api
+from navarch.operator.model import HealthView
 from navarch.operator.policy import CompiledPolicy, compile_policy, default_policy
 from navarch.operator.verdict import Evaluation, evaluate, is_active
 from navarch.wire import format_time, from_wire
@@ -60,7 +61,8 @@ def run(
     now: datetime = NOW,
     previous: api.Verdict | None = None,
 ) -> Evaluation:
-    return evaluate(st, annotations or {}, labels or {}, policy, now, previous=previous)
+    health = None if st is None else HealthView.parse(st, annotations or {}, 1)
+    return evaluate(health, labels or {}, policy, now, previous=previous)
 
 
 # --- status problems and heartbeat ---------------------------------------------------------
@@ -110,7 +112,7 @@ def test_stale_message_does_not_change_while_the_heartbeat_stays_away() -> None:
     # trigger the next one through its own watch event.
     st = status(lastHeartbeatTime=ago(minutes=5))
     first = run(st).verdict
-    later = evaluate(st, {}, {}, POLICY, NOW + timedelta(minutes=7), previous=first).verdict
+    later = run(st, now=NOW + timedelta(minutes=7), previous=first).verdict
     assert later.message == first.message
     assert later.since == first.since
 
