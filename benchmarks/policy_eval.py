@@ -1,4 +1,4 @@
-"""Default-policy evaluation over a fleet of generated GpuNodeHealth statuses.
+"""Judging a fleet of generated GpuNodeHealth statuses under the default policy.
 
 Run: python benchmarks/policy_eval.py [--nodes N] [--repeat N] [--cel]
 
@@ -6,11 +6,12 @@ Each node has 8 GPUs with full NVML readings: half are H100 SXM nodes (18 NVLink
 third A100 SXM (12), the rest PCIe cards without NVLink. About one node in ten has something
 wrong: an XID of each catalog bucket, ECC errors, a pending row remap, a lost GPU, a missing GPU,
 a link down, throttling, NVML down, a stale heartbeat; some XIDs are old or acknowledged. The
-operator re-evaluates every node on every agent heartbeat, so the whole fleet should take under
+operator judges every node again on every agent heartbeat, so the whole fleet should take under
 0.5 s on a 2-core node.
 
-Besides ``evaluate`` end to end, it times its two big parts alone: the status check
-(``wire.from_wire`` of the whole status, which every evaluation does first) and the rules.
+Besides a judgement end to end (the status parsed once into a ``HealthView``, then ``judge``), it
+times its two big parts alone: the status check (``wire.from_wire`` of the whole status, which
+every judgement does first) and the rules.
 ``--cel`` also times the rules with the default rules' Python twins switched off, so every rule
 runs as CEL.
 """
@@ -31,10 +32,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from navarch import api
-from navarch.operator.model import HealthView
+from navarch.operator.model import HealthView, NodeView
 from navarch.operator.policy import VARIABLES, CompiledPolicy, default_policy
 from navarch.operator.rules import RuleInputs
-from navarch.operator.verdict import evaluate
+from navarch.operator.verdict import judge
 from navarch.wire import format_time, from_wire
 
 TARGET_SECONDS = 0.5
@@ -118,8 +119,8 @@ def xid(
     }
 
 
-Node = tuple[dict[str, Any], dict[str, str], dict[str, str]]
-"""status, GpuNodeHealth annotations, Node labels"""
+Node = tuple[dict[str, Any], dict[str, str], NodeView]
+"""status, GpuNodeHealth annotations, the Node"""
 
 
 def node(rng: random.Random, n: int) -> Node:
@@ -174,7 +175,7 @@ def node(rng: random.Random, n: int) -> Node:
     elif fault == "stale":
         status["lastHeartbeatTime"] = format_time(NOW - timedelta(minutes=10))
     labels = {"kubernetes.io/hostname": f"gpu-{n:04d}", "nvidia.com/gpu.present": "true"}
-    return status, annotations, labels
+    return status, annotations, NodeView(f"gpu-{n:04d}", labels=labels)
 
 
 def fleet(count: int) -> list[Node]:
@@ -183,20 +184,28 @@ def fleet(count: int) -> list[Node]:
 
 
 def run(nodes: list[Node], policy: CompiledPolicy) -> tuple[float, Counter[str]]:
-    """Time ``evaluate`` end to end, as the operator calls it."""
+    """Time judgements end to end, as the operator makes them."""
     verdicts: Counter[str] = Counter()
     started = time.perf_counter()
-    for status, node_annotations, labels in nodes:
-        health = HealthView.parse(status, node_annotations, 1)
-        evaluation = evaluate(health, labels, policy, NOW, previous=None)
-        verdicts[evaluation.verdict.health.value] += 1
+    for status, node_annotations, node in nodes:
+        # Parsed inline, as the reconcile loop does, so each parsed status is dropped once judged.
+        judgement = judge(
+            node.name,
+            node,
+            HealthView.parse(status, node_annotations, 1),
+            policy,
+            NOW,
+            remembered=None,
+        )
+        assert judgement is not None
+        verdicts[judgement.verdict.health.value] += 1
     return time.perf_counter() - started, verdicts
 
 
 def checked(nodes: list[Node]) -> tuple[float, list[RuleInputs]]:
     """Time the status check alone, then check again, untimed, to time the rules alone.
 
-    Each parsed status is dropped at once, as in ``evaluate``: holding all of them alive while
+    Each parsed status is dropped at once, as in a judgement: holding all of them alive while
     timing would add the garbage collector's passes over the whole fleet's objects, a cost the
     operator, which judges one node at a time, does not have.
     """
@@ -209,11 +218,11 @@ def checked(nodes: list[Node]) -> tuple[float, list[RuleInputs]]:
         RuleInputs(
             status=typed,
             xids=typed.xids,
-            labels=labels,
+            labels=node.labels,
             wire_status=status,
             wire_xids=status.get("xids") or [],
         )
-        for typed, (status, _, labels) in zip(parsed, nodes, strict=True)
+        for typed, (status, _, node) in zip(parsed, nodes, strict=True)
     ]
     return elapsed, inputs
 
@@ -247,13 +256,13 @@ def main() -> int:
         return f"{label}: {seconds:.3f} s, {seconds / args.nodes * 1000:.3f} ms per node"
 
     print(f"{args.nodes:,} nodes, 8 GPUs each; verdicts {dict(sorted(health.items()))}")
-    print(line("evaluate()", total))
+    print(line("judgement (parse, judge())", total))
     print(line("  status check (wire.from_wire)", check))
     print(line("  rules", rules))
     if args.cel:
         print(line("  rules, every one as CEL", rules_only(inputs, cel_only(policy))))
     verdict = "met" if total <= TARGET_SECONDS else "missed"
-    print(f"target: evaluate() under {TARGET_SECONDS} s: {verdict} ({total / TARGET_SECONDS:.1f}x)")
+    print(f"target: judging under {TARGET_SECONDS} s: {verdict} ({total / TARGET_SECONDS:.1f}x)")
     return 0
 
 

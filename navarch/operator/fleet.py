@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from navarch import api
 from navarch.errors import PolicyError
 from navarch.operator.model import HealthView, NodeView
 from navarch.operator.policy import (
@@ -106,26 +105,15 @@ class PolicyEntry:
     """Why the current generation is not accepted; None when it is."""
 
 
-@dataclass(frozen=True)
-class Judged:
-    """The latest verdict of a governed node, for storm protection and policy counts."""
-
-    policy: str
-    verdict: api.Verdict
-
-
 @dataclass
 class Fleet:
     nodes: dict[str, NodeEntry] = field(default_factory=dict)
     healths: dict[str, HealthEntry] = field(default_factory=dict)
     policies: dict[str, PolicyEntry] = field(default_factory=dict)
-    judged: dict[str, Judged] = field(default_factory=dict)
     busy: set[str] = field(default_factory=set)
     reserved: set[str] = field(default_factory=set)
     quarantined: set[str] = field(default_factory=set)
     """Nodes on which Navarch holds a quarantine, as last observed."""
-    unwell: set[str] = field(default_factory=set)
-    """Nodes whose latest verdict is not Healthy: the only possible storm candidates."""
     _dirty: set[str] = field(default_factory=set)
     _timers: list[tuple[datetime, str]] = field(default_factory=list)
     _due: dict[str, datetime] = field(default_factory=dict)
@@ -164,22 +152,9 @@ class Fleet:
         if self.nodes.pop(name, None) is not None:
             self._governors.pop(name, None)
             self._members = None
-            self.remember(name, None)
             self.quarantined.discard(name)
             self.reports_stale = True
             self.mark(name)
-
-    def remember(self, name: str, judged: Judged | None) -> None:
-        """Keep (or with None, drop) the latest verdict of a node."""
-        if judged is None:
-            self.judged.pop(name, None)
-            self.unwell.discard(name)
-            return
-        self.judged[name] = judged
-        if judged.verdict.health == api.Health.HEALTHY.value:
-            self.unwell.discard(name)
-        else:
-            self.unwell.add(name)
 
     def observe_health(self, body: Mapping[str, Any]) -> None:
         entry = HealthEntry.from_body(body)

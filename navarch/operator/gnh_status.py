@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from navarch import api
-from navarch.operator.model import HealthView
+from navarch.operator.model import Recorded
 from navarch.wire import camel, to_wire
 
 QUARANTINE_ACTIONS = frozenset(
@@ -27,44 +27,57 @@ _HEALTH_STATUS = {
 }
 
 
-def unjudged(
-    reason: api.Reason, message: str, previous: api.Verdict | None, now: datetime
-) -> api.Verdict:
-    """The verdict of a node no policy judges: its Node is missing or no policy selects it."""
-    since = previous.since if previous and previous.reason == reason.value else None
-    return api.Verdict(
-        health=api.Health.UNKNOWN,
-        action=api.Action.NONE,
-        reason=reason.value,
-        message=message,
-        since=since or now,
-    )
-
-
-def conditions(
-    current: list[api.Condition],
+def patch(
+    recorded: Recorded | None,
     verdict: api.Verdict,
     *,
     quarantined: bool,
     status_error: str | None,
     checked: bool,
-    generation: int | None,
     now: datetime,
-) -> list[api.Condition]:
-    """The GpuNodeHealth's conditions after this verdict.
+) -> dict[str, Any] | None:
+    """The merge patch that writes ``verdict`` and the conditions that follow from it; None if
+    the status already says it all, or the node has no GpuNodeHealth (``recorded`` is None).
 
     ``quarantined`` says whether the Node holds Navarch's quarantine once the plan is applied;
     ``checked`` whether the status was validated at all (a node no policy judges is not), so
     ``StatusValid`` is left as it was when it was not.
     """
-    health = api.Condition(
+    if recorded is None:
+        return None
+    conditions = _conditions(
+        recorded,
+        verdict,
+        quarantined=quarantined,
+        status_error=status_error,
+        checked=checked,
+        now=now,
+    )
+    if recorded.verdict == verdict and recorded.conditions == conditions:
+        return None
+    full = {camel(name): None for name in api.Verdict.model_fields}
+    full.update(to_wire(verdict))
+    return {"status": {"verdict": full, "conditions": to_wire(conditions)}}
+
+
+def _conditions(
+    recorded: Recorded,
+    verdict: api.Verdict,
+    *,
+    quarantined: bool,
+    status_error: str | None,
+    checked: bool,
+    now: datetime,
+) -> list[api.Condition]:
+    generation = recorded.generation
+    healthy = api.Condition(
         type=api.ConditionType.HEALTHY.value,
         status=_HEALTH_STATUS.get(verdict.health, api.ConditionStatus.UNKNOWN),
         reason=verdict.reason,
         message=verdict.message or "",
         observed_generation=generation,
     )
-    out = api.set_condition(current, health, now)
+    out = api.set_condition(recorded.conditions, healthy, now)
     out = api.set_condition(out, _quarantined(verdict, quarantined, generation), now)
     if checked:
         valid = api.Condition(
@@ -114,14 +127,3 @@ def _quarantined(verdict: api.Verdict, quarantined: bool, generation: int | None
         message=message,
         observed_generation=generation,
     )
-
-
-def patch(
-    health: HealthView, verdict: api.Verdict, new_conditions: list[api.Condition]
-) -> dict[str, Any] | None:
-    """The merge patch that writes ``verdict`` and ``new_conditions``; None if both stand."""
-    if health.verdict == verdict and health.conditions == new_conditions:
-        return None
-    full = {camel(name): None for name in api.Verdict.model_fields}
-    full.update(to_wire(verdict))
-    return {"status": {"verdict": full, "conditions": to_wire(new_conditions)}}

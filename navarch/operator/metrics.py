@@ -39,9 +39,9 @@ POLICY_ACCEPTED = Gauge(
     "1 when the policy's current generation compiled, 0 when an older one stays in force.",
     ["policy"],
 )
-EVALUATION = Histogram(
-    "navarch_policy_evaluation_seconds",
-    "Time to evaluate one node against its policy.",
+JUDGEMENT = Histogram(
+    "navarch_judgement_seconds",
+    "Time to judge one node: its GpuNodeHealth status against its policy, into a verdict.",
     buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
 )
 FAULT_TO_ACTION = Histogram(

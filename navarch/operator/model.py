@@ -162,21 +162,33 @@ class Event:
 
 
 @dataclass(frozen=True)
-class HealthView:
-    """A GpuNodeHealth as one judgement reads it."""
+class Recorded:
+    """What the operator recorded in a GpuNodeHealth's status, and the object's generation:
+    what planning compares the next verdict and conditions with."""
 
-    annotations: Mapping[str, str]
     generation: int | None
-    facts: Mapping[str, Any]
-    """The agent-owned status keys as written, for the CEL rules."""
-    status: api.GpuNodeHealthStatus | None
-    """The status checked against the API; None when it is empty or does not match."""
-    error: str | None = None
-    """Why the status does not match the API, naming the field (reason InvalidStatus)."""
     verdict: api.Verdict | None = None
     """The verdict as persisted; None if absent or edited out of shape."""
     conditions: list[api.Condition] = field(default_factory=list)
     """The conditions as stored; an edited, unreadable list reads as none."""
+
+
+@dataclass(frozen=True)
+class HealthView:
+    """A GpuNodeHealth as one judgement reads it.
+
+    The parsed status is the bulk of it (about 130 objects for eight GPUs); only ``recorded``
+    outlives the judgement, so judging a whole fleet never holds every parsed status at once.
+    """
+
+    annotations: Mapping[str, str]
+    facts: Mapping[str, Any]
+    """The agent-owned status keys as written, for the CEL rules."""
+    status: api.GpuNodeHealthStatus | None
+    """The status checked against the API; None when it is empty or does not match."""
+    error: str | None
+    """Why the status does not match the API, naming the field (reason InvalidStatus)."""
+    recorded: Recorded
 
     @classmethod
     def parse(
@@ -185,22 +197,16 @@ class HealthView:
         """Check ``status`` (wire form) against the API once, keeping what judging needs."""
         facts = {k: v for k, v in status.items() if k in api.AGENT_STATUS_KEYS}
         if not status:
-            return cls(annotations, generation, facts, None)
+            return cls(annotations, facts, None, None, Recorded(generation))
         try:
             parsed = from_wire(api.GpuNodeHealthStatus, status, "status")
         except InvalidObjectError as err:
             # The operator's own keys are still read, so the verdict's transitions and the
             # conditions' times survive an agent that writes garbage.
-            return cls(
-                annotations,
-                generation,
-                facts,
-                None,
-                str(err),
-                _stored_verdict(status),
-                _stored_conditions(status),
-            )
-        return cls(annotations, generation, facts, parsed, None, parsed.verdict, parsed.conditions)
+            recorded = Recorded(generation, _stored_verdict(status), _stored_conditions(status))
+            return cls(annotations, facts, None, str(err), recorded)
+        recorded = Recorded(generation, parsed.verdict, parsed.conditions)
+        return cls(annotations, facts, parsed, None, recorded)
 
 
 def _stored_verdict(status: Mapping[str, Any]) -> api.Verdict | None:

@@ -1,17 +1,18 @@
-"""The reconcile loop: judge the nodes whose inputs changed, admit quarantines, dispatch writes.
+"""The reconcile loop: judge the nodes whose inputs changed, admit quarantines, plan, apply.
 
-One coroutine decides, many write. Each pass:
+One coroutine plans, many write. Each pass runs the stages of the core in order:
 
 1. takes the dirty nodes and due timers from the index (nodes with writes in flight wait);
-2. judges them (pure evaluation, on the event loop, yielding now and then);
-3. runs storm protection for every policy over all the nodes it governs, counting quarantines
-   still being written as quarantined. Deciding in one place is what keeps concurrent writes
-   from ever exceeding ``maxUnhealthy``; held nodes that now fit are judged too;
-4. decides each node and hands its writes to the writer as a task, bounded by the API client's
-   worker pool, so writes for different nodes proceed side by side;
+2. judges them (``verdict``: pure, on the event loop, yielding now and then);
+3. runs storm protection (``storm``) for every policy over all the nodes it governs, counting
+   quarantines still being written as quarantined. Admitting in one place is what keeps
+   concurrent writes from ever exceeding ``maxUnhealthy``; held nodes that now fit are judged
+   too;
+4. plans each node (``planner``) and hands the plan to the writer as a task, bounded by the
+   API client's worker pool, so writes for different nodes proceed side by side;
 5. at most once a second, writes changed policy statuses and refreshes the gauges.
 
-A node whose judging or deciding raises is logged and retried with backoff, and a pass that
+A node whose judging or planning raises is logged and retried with backoff, and a pass that
 raises is logged: one bad object must not stop the others.
 
 The loop also keeps the index whole through API-server and etcd outages. A call that finds
@@ -40,11 +41,11 @@ from navarch import api
 from navarch.backoff import Backoff
 from navarch.errors import ApiError
 from navarch.operator import memory, metrics, policy_status, storm
-from navarch.operator.decisions import Decision, Judgement, decide, judge
-from navarch.operator.fleet import Fleet, Judged
+from navarch.operator.fleet import Fleet
 from navarch.operator.health import Health
 from navarch.operator.kube import REPORT, Kube, Target
-from navarch.operator.planner import storm_candidates
+from navarch.operator.planner import Plan, plan
+from navarch.operator.verdict import Judgement, judge
 from navarch.operator.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,10 @@ class Reconciler:
         self._rand = rand
         self._tasks: set[asyncio.Task[None]] = set()
         self._storm_states: dict[str, storm.StormState] = {}
+        self.verdicts: dict[str, api.Verdict] = {}
+        """The latest verdict of each node a policy governs, for storm protection and counts."""
+        self._unwell: set[str] = set()
+        """The nodes whose latest verdict is not Healthy: the only possible storm candidates."""
         self._reported_at: datetime | None = None
         self._reporting: set[str] = set()
         self._resynced_at = clock()
@@ -232,14 +237,13 @@ class Reconciler:
         extra = admitted - judgements.keys() - self.fleet.busy - self.fleet.backing_off(now)
         judgements.update(await self._judge(sorted(extra), now))
         for name, judgement in judgements.items():
-            admits = name in admitted or not judgement.needs_new_quarantine()
             try:
-                decision = decide(judgement, storm_admits=admits, now=now)
+                node_plan = plan(judgement, storm_admits=name in admitted, now=now)
             # One node that trips a bug must not stop the others; it is retried with backoff.
             except Exception:
                 self._failed(name, now)
                 continue
-            self._dispatch(decision, now)
+            self._dispatch(node_plan, now)
         if work or extra:
             self.fleet.reports_stale = True
         if self._outage is None and (
@@ -274,27 +278,28 @@ class Reconciler:
         for i, name in enumerate(names):
             if i and i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            remembered = self.fleet.judged.get(name)
+            node = self.fleet.nodes.get(name)
+            health = self.fleet.healths.get(name)
             started = time.perf_counter()
             try:
                 judgement = judge(
                     name,
-                    self.fleet.nodes.get(name),
-                    self.fleet.healths.get(name),
+                    node.view if node is not None else None,
+                    health.view() if health is not None else None,
                     self.fleet.governor(name),
                     now,
-                    remembered=remembered.verdict if remembered else None,
+                    remembered=self.verdicts.get(name),
                 )
-            # As in deciding: a node that trips a bug is retried, the others go on.
+            # As in planning: a node that trips a bug is retried, the others go on.
             except Exception:
                 self._failed(name, now)
                 continue
             if judgement is None:
-                self.fleet.remember(name, None)
+                self._remember(name, None)
                 self.fleet.schedule(name, None, now)
                 continue
-            if judgement.evaluation is not None:
-                metrics.EVALUATION.observe(time.perf_counter() - started)
+            if judgement.policy is not None:
+                metrics.JUDGEMENT.observe(time.perf_counter() - started)
             out[name] = judgement
         return out
 
@@ -303,47 +308,42 @@ class Reconciler:
         log.exception("judging %s failed; trying again in %s", name, delay)
 
     def _storm(self, judgements: dict[str, Judgement]) -> set[str]:
-        """The nodes that may be quarantined afresh: per policy, oldest fault first, within
-        ``maxUnhealthy``. Keeps each policy's storm state for its status and gauges."""
-        admitted: set[str] = set()
-        states: dict[str, storm.StormState] = {}
+        """The nodes that may be quarantined afresh; keeps each policy's storm state for its
+        status and gauges."""
+        unwell = {}
+        for name in self._unwell | judgements.keys():
+            verdict = self._latest(name, judgements)
+            node = self.fleet.nodes.get(name)
+            if verdict is not None and node is not None and verdict.health != api.Health.HEALTHY:
+                unwell[name] = (verdict, node.view)
         policies = {p.name: p for p in self.fleet.in_force()}
         taken = self.fleet.quarantined | self.fleet.reserved
-        judged_unwell = {
-            name for name, j in judgements.items() if j.verdict.health != api.Health.HEALTHY.value
-        }
-        suspects = self.fleet.unwell | judged_unwell
-        for policy_name, names in self.fleet.governed().items():
-            policy = policies[policy_name]
-            members = []
-            for name in (names & suspects) - taken:
-                verdict = self._latest(name, judgements)
-                if verdict is not None and verdict.health != api.Health.HEALTHY.value:
-                    members.append((verdict, self.fleet.nodes[name].view))
-            candidates = storm_candidates(members, policy)
-            quarantined = len(names & taken)
-            chosen, state = storm.assess(len(names), quarantined, candidates, policy.max_unhealthy)
-            admitted |= chosen
-            states[policy_name] = state
-        self._storm_states = states
+        admitted, self._storm_states = storm.protect(self.fleet.governed(), policies, taken, unwell)
         return admitted
 
     def _latest(self, name: str, judgements: dict[str, Judgement]) -> api.Verdict | None:
         judgement = judgements.get(name)
-        if judgement is not None:
-            return judgement.verdict
-        judged = self.fleet.judged.get(name)
-        return judged.verdict if judged is not None else None
+        return judgement.verdict if judgement is not None else self.verdicts.get(name)
 
-    def _dispatch(self, decision: Decision, now: datetime) -> None:
-        name = decision.name
-        judged = Judged(decision.policy, decision.verdict) if decision.policy else None
-        self.fleet.remember(name, judged)
-        self.fleet.schedule(name, decision.recheck_after, now)
-        if not decision.writes:
+    def _remember(self, name: str, verdict: api.Verdict | None) -> None:
+        if verdict is None:
+            self.verdicts.pop(name, None)
+            self._unwell.discard(name)
             return
-        self.fleet.begin(name, now, reserve=decision.new_quarantine)
-        self._spawn(self.writer.apply(decision), f"write {name}")
+        self.verdicts[name] = verdict
+        if verdict.health == api.Health.HEALTHY:
+            self._unwell.discard(name)
+        else:
+            self._unwell.add(name)
+
+    def _dispatch(self, node_plan: Plan, now: datetime) -> None:
+        name = node_plan.name
+        self._remember(name, node_plan.verdict if node_plan.policy else None)
+        self.fleet.schedule(name, node_plan.recheck_after, now)
+        if not node_plan.writes:
+            return
+        self.fleet.begin(name, now, reserve=node_plan.new_quarantine)
+        self._spawn(self.writer.apply(node_plan), f"write {name}")
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -366,7 +366,7 @@ class Reconciler:
                 continue
             accepted = entry.accepted
             names = governed.get(entry.name, set()) if accepted else set()
-            members = [(self._latest(n, {}), n in self.fleet.quarantined) for n in names]
+            members = [(self.verdicts.get(n), n in self.fleet.quarantined) for n in names]
             report = policy_status.report(
                 entry.status,
                 generation=entry.generation,
@@ -391,9 +391,9 @@ class Reconciler:
             metrics.STORM.labels(policy=policy).set(bool(state and state.tripped))
             metrics.HELD.labels(policy=policy).set(state.held if state else 0)
             for name in names:
-                judged = self.fleet.judged.get(name)
-                if judged is not None:
-                    nodes[policy, judged.verdict.health, judged.verdict.action] += 1
+                verdict = self.verdicts.get(name)
+                if verdict is not None:
+                    nodes[policy, verdict.health, verdict.action] += 1
         for (policy, health, action), count in nodes.items():
             metrics.NODES.labels(policy=policy, health=health, action=action).set(count)
 

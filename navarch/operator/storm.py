@@ -3,16 +3,22 @@
 A fleet-wide cause (a bad driver roll-out, a flaky agent, a rule that is wrong) can make many
 nodes look unhealthy at the same moment. Quarantining them all would take the cluster down, so
 new quarantines beyond the limit are held and reported instead. Releases are never held.
+
+The candidates are the nodes whose plan would quarantine them afresh
+(``node_plan.needs_new_quarantine``); storm protection runs between judging and planning, and
+the planner holds back the ones it does not admit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
 
 from navarch import api
-from navarch.operator.policy import storm_limit
+from navarch.operator.model import NodeView
+from navarch.operator.node_plan import needs_new_quarantine
+from navarch.operator.policy import CompiledPolicy, storm_limit
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,17 @@ class Candidate:
     name: str
     fault_time: datetime | None
     """When its fault began; None sorts after every known time."""
+
+
+def candidates(
+    nodes: Iterable[tuple[api.Verdict, NodeView]], policy: CompiledPolicy
+) -> list[Candidate]:
+    """Every node that needs a new quarantine under ``policy``."""
+    return [
+        Candidate(node.name, verdict.fault_time)
+        for verdict, node in nodes
+        if needs_new_quarantine(verdict, node, policy)
+    ]
 
 
 def admit(quarantined: int, candidates: Sequence[Candidate], limit: int) -> set[str]:
@@ -99,3 +116,28 @@ def assess(
         admitted=len(admitted),
     )
     return admitted, state
+
+
+def protect(
+    governed: Mapping[str, Set[str]],
+    policies: Mapping[str, CompiledPolicy],
+    taken: Set[str],
+    unwell: Mapping[str, tuple[api.Verdict, NodeView]],
+) -> tuple[set[str], dict[str, StormState]]:
+    """Storm protection over the fleet: the nodes that may be quarantined afresh now, and each
+    policy's state for its status and gauges.
+
+    ``governed`` holds each policy's nodes by policy name, ``taken`` the nodes quarantined or
+    being quarantined, ``unwell`` the latest verdict and Node of every node that is not
+    Healthy: the only ones that can be candidates.
+    """
+    admitted: set[str] = set()
+    states: dict[str, StormState] = {}
+    for name, members in governed.items():
+        policy = policies[name]
+        suspects = [unwell[n] for n in members - taken if n in unwell]
+        chosen, states[name] = assess(
+            len(members), len(members & taken), candidates(suspects, policy), policy.max_unhealthy
+        )
+        admitted |= chosen
+    return admitted, states

@@ -1,4 +1,5 @@
-"""From a node's GpuNodeHealth status to the operator's verdict, as a pure function of time.
+"""The verdict stage: one node's GpuNodeHealth judged against its policy, as a pure function of
+time. ``judge`` turns what the index holds of a node into a :class:`Judgement`.
 
 XIDs are events, health is a state. An XID counts ("is active") until the first of:
 
@@ -9,22 +10,32 @@ XIDs are events, health is a state. An XID counts ("is active") until the first 
 * an administrator acknowledged it: the ``navarch.dev/acknowledged-before`` annotation on the
   GpuNodeHealth holds an RFC 3339 time at or after its last sighting.
 
-Rules with ``sustainedFor`` count only once they have matched on every evaluation for that
+Rules with ``sustainedFor`` count only once they have matched on every judgement for that
 long. Until then they are listed in ``verdict.pending`` with the time they began matching; the
-next evaluation reads that time back from the previous verdict. An evaluation that cannot
-judge the rules (no status, invalid status, stale heartbeat) ends every pending match.
+next judgement reads that time back from the previous verdict. A judgement that cannot judge
+the rules (no status, invalid status, stale heartbeat) ends every pending match.
+
+Nodes no policy judges:
+
+* a GpuNodeHealth without its Node gets verdict Unknown/NodeNotFound;
+* a Node no policy selects (policies exist, none matches) is not Navarch's to touch: its
+  GpuNodeHealth says Unknown/NotGoverned, and whatever is on the Node stays as it is;
+* a governed Node without a GpuNodeHealth is left alone unless it should have one (label
+  ``nvidia.com/gpu.present=true``) or Navarch already touched it; then it is judged as
+  Unknown/NoStatus, which never quarantines and never releases.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from navarch import api
 from navarch.durations import format_duration
-from navarch.gpu import GpuIdentity
-from navarch.operator.model import HealthView
+from navarch.gpu import GPU_PRESENT_LABEL, GpuIdentity
+from navarch.operator.model import HealthView, NodeView, Recorded
 from navarch.operator.policy import CompiledPolicy, RuleError, RuleMatch
 from navarch.operator.rules import RuleInputs
 from navarch.wire import format_time, parse_time
@@ -35,54 +46,114 @@ MAX_MESSAGE = 1024
 a message nobody reads to the end."""
 
 MIN_RECHECK = timedelta(seconds=1)
-"""A deadline that has just passed must not make the shell re-evaluate in a tight loop."""
+"""A deadline that has just passed must not make the shell judge again in a tight loop."""
 
 _SEVERITY_ORDER = {api.Severity.UNHEALTHY: 0, api.Severity.DEGRADED: 1}
 
 
 @dataclass(frozen=True)
-class Evaluation:
-    """What one evaluation found: the verdict to write and what the shell should report."""
+class Judgement:
+    """One node judged: its verdict, and what judging it found besides."""
 
+    name: str
+    node: NodeView | None
+    recorded: Recorded | None
+    """What the operator recorded in the node's GpuNodeHealth; None when it has none."""
+    policy: CompiledPolicy | None
+    """The policy that judged the node; None when none does (no Node, or none selects it), and
+    then nothing is planned for the Node."""
     verdict: api.Verdict
-    """``action`` is what the policy asks for; the planner's ``NodePlan.verdict`` carries the
-    action actually taken (storm protection, dry run, opt-out), and is the one to write."""
+    """``action`` is what the policy asks for; the plan's verdict carries the action actually
+    taken (storm protection, dry run, opt-out), and is the one written."""
+    previous: api.Verdict | None = None
+    """The verdict written last time, which decides transitions."""
+    xids_reported_until: datetime | None = None
+    """Informational XIDs first seen up to this time have had their Events."""
     rule_errors: tuple[RuleError, ...] = ()
     """Rules that failed on this node; they counted as not matched."""
     informational_xids: tuple[api.XidRecord, ...] = ()
     """Active XIDs whose catalog action is the application's (RESTART_APP, IGNORE, ...): they
     do not change health, but are worth an Event."""
+    gpus: tuple[api.GpuStatus, ...] = ()
+    """The node's GPUs, kept only when there are informational XIDs to name their GPU."""
     warnings: tuple[str, ...] = ()
-    """Problems that did not stop the evaluation, e.g. an unparsable acknowledgement."""
+    """Problems that did not stop the judgement, e.g. an unparsable acknowledgement."""
     status_error: str | None = None
     """The path-precise problem when the status does not match the API (reason InvalidStatus)."""
     recheck_after: timedelta | None = None
-    """Re-evaluate after this long even if nothing changes: the heartbeat deadline, the end of
-    a rule's sustainedFor, an active XID leaving the window. The planner adds its own timers
-    (``NodePlan.recheck_after``); the shell waits for the sooner of the two."""
+    """Judge again after this long even if nothing changes: the heartbeat deadline, the end of
+    a rule's sustainedFor, an active XID leaving the window. The plan adds its own timers; the
+    shell waits for the sooner."""
 
 
-def evaluate(
+def judge(
+    name: str,
+    node: NodeView | None,
+    health: HealthView | None,
+    policy: CompiledPolicy | None,
+    now: datetime,
+    *,
+    remembered: api.Verdict | None,
+) -> Judgement | None:
+    """Judge one node, or None when there is nothing to judge or write.
+
+    ``policy`` is the one that governs the Node; ``remembered`` the verdict this process gave
+    the node last time, which stands in for the persisted one of a Node without a GpuNodeHealth.
+    """
+    now = _aware(now)
+    recorded = health.recorded if health is not None else None
+    previous = recorded.verdict if recorded is not None else remembered
+    cursors = [
+        v.xid_events_until
+        for v in (previous, remembered)
+        if v is not None and v.xid_events_until is not None
+    ]
+    judged = functools.partial(
+        Judgement,
+        name,
+        node,
+        recorded,
+        policy,
+        previous=previous,
+        xids_reported_until=max(cursors) if cursors else None,
+    )
+    if node is None or policy is None:
+        if health is None:
+            return None
+        if node is None:
+            reason, message = api.Reason.NODE_NOT_FOUND, f"Node {name} does not exist"
+        else:
+            reason = api.Reason.NOT_GOVERNED
+            message = f"no GpuHealthPolicy selects Node {name}; Navarch leaves it as it is"
+        return judged(unjudged(reason, message, previous, now))
+    if health is None:
+        expected = node.labels.get(GPU_PRESENT_LABEL) == "true"
+        if not (expected or node.quarantined or node.condition is not None):
+            return None
+    return _judge(judged, health, node.labels, policy, now=now, previous=previous)
+
+
+def _judge(
+    judged: Callable[..., Judgement],
     health: HealthView | None,
     labels: Mapping[str, str],
     policy: CompiledPolicy,
-    now: datetime,
     *,
+    now: datetime,
     previous: api.Verdict | None,
-) -> Evaluation:
-    """Judge one node. ``health`` is its GpuNodeHealth (None if it has none), ``labels`` the
-    Node's, ``previous`` the verdict written last time."""
-    now = _aware(now)
+) -> Judgement:
+    """Judge a governed node's status; ``judged`` makes the Judgement of a verdict."""
     if health is None or (health.status is None and health.error is None):
-        verdict = _verdict(
-            policy,
-            api.Health.UNKNOWN,
-            api.Reason.NO_STATUS,
-            "the agent has not reported yet",
-            now=now,
-            previous=previous,
+        return judged(
+            _verdict(
+                policy,
+                api.Health.UNKNOWN,
+                api.Reason.NO_STATUS,
+                "the agent has not reported yet",
+                now=now,
+                previous=previous,
+            )
         )
-        return Evaluation(verdict)
     if health.status is None:
         error = health.error or ""
         verdict = _verdict(
@@ -93,7 +164,7 @@ def evaluate(
             now=now,
             previous=previous,
         )
-        return Evaluation(verdict, status_error=error)
+        return judged(verdict, status_error=error)
 
     parsed = health.status
     stale = _stale_heartbeat(parsed.last_heartbeat_time, policy.heartbeat_timeout, now)
@@ -107,7 +178,7 @@ def evaluate(
             previous=previous,
             fault_time=parsed.last_heartbeat_time,
         )
-        return Evaluation(verdict)
+        return judged(verdict)
 
     warnings: list[str] = []
     acknowledged = _acknowledged_before(health.annotations, warnings)
@@ -151,12 +222,27 @@ def evaluate(
     verdict.rules = [_matched(m, since) for m, since in counted]
     verdict.pending = [_matched(m, since) for m, since in pending]
     informational = tuple(x for x in inputs.xids if x.immediate_action in APPLICATION_ACTIONS)
-    return Evaluation(
+    return judged(
         verdict,
         rule_errors=tuple(errors),
         informational_xids=informational,
+        gpus=tuple(parsed.gpus) if informational else (),
         warnings=tuple(warnings),
         recheck_after=_recheck(parsed, inputs.xids, pending, policy, now),
+    )
+
+
+def unjudged(
+    reason: api.Reason, message: str, previous: api.Verdict | None, now: datetime
+) -> api.Verdict:
+    """The verdict of a node no policy judges: its Node is missing or no policy selects it."""
+    since = previous.since if previous and previous.reason == reason.value else None
+    return api.Verdict(
+        health=api.Health.UNKNOWN,
+        action=api.Action.NONE,
+        reason=reason.value,
+        message=message,
+        since=since or now,
     )
 
 

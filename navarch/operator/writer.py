@@ -1,4 +1,4 @@
-"""Applies one node's decision: Node, Node condition, GpuNodeHealth status, then Events.
+"""The apply stage: writes one node's plan: Node, Node condition, GpuNodeHealth status, Events.
 
 The order is the safety argument:
 
@@ -24,9 +24,9 @@ from datetime import datetime
 from navarch import api
 from navarch.errors import ApiError
 from navarch.operator import metrics
-from navarch.operator.decisions import Decision
 from navarch.operator.fleet import Fleet
 from navarch.operator.kube import Kube, Target, unavailable
+from navarch.operator.planner import Plan
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +40,21 @@ class Writer:
         self.fleet = fleet
         self.clock = clock
 
-    async def apply(self, decision: Decision) -> None:
-        """Write the decision; the node must have been marked busy by ``Fleet.begin``."""
-        name = decision.name
+    async def apply(self, plan: Plan) -> None:
+        """Write the plan; the node must have been marked busy by ``Fleet.begin``."""
+        name = plan.name
         step = "nodes"
         try:
-            if decision.node_patch is not None:
-                was_quarantined = decision.node is not None and decision.node.view.quarantined
-                self.fleet.observe_node(await self.kube.patch_node(name, decision.node_patch))
-                self._count(decision, was_quarantined)
-            if decision.node_status_patch is not None:
-                patch = decision.node_status_patch
+            if plan.node_patch is not None:
+                was_quarantined = plan.node is not None and plan.node.quarantined
+                self.fleet.observe_node(await self.kube.patch_node(name, plan.node_patch))
+                self._count(plan, was_quarantined)
+            if plan.node_status_patch is not None:
+                patch = plan.node_status_patch
                 self.fleet.observe_node(await self.kube.patch_node_status(name, patch))
-            if decision.health_patch is not None:
+            if plan.health_patch is not None:
                 step = api.GNH_PLURAL
-                body = await self.kube.patch_status(api.GNH_PLURAL, name, decision.health_patch)
+                body = await self.kube.patch_status(api.GNH_PLURAL, name, plan.health_patch)
                 self.fleet.observe_health(body)
             self.fleet.succeeded(name)
         except ApiError as err:
@@ -64,36 +64,36 @@ class Writer:
             self.fleet.end(name)
         # Once the verdict is persisted the node may be planned again: its Events are derived
         # from that verdict and cannot repeat, so posting them need not hold the node up.
-        if decision.events:
-            await self._post(decision)
+        if plan.events:
+            await self._post(plan)
 
-    def _count(self, decision: Decision, was_quarantined: bool) -> None:
-        node = self.fleet.nodes.get(decision.name)
+    def _count(self, plan: Plan, was_quarantined: bool) -> None:
+        node = self.fleet.nodes.get(plan.name)
         now_quarantined = node is not None and node.view.quarantined
-        policy = decision.policy or ""
-        if decision.new_quarantine and now_quarantined:
+        policy = plan.policy or ""
+        if plan.new_quarantine and now_quarantined:
             metrics.QUARANTINES.labels(policy=policy).inc()
-            fault = decision.verdict.fault_time
+            fault = plan.verdict.fault_time
             if fault is not None:
                 seconds = (self.clock() - fault).total_seconds()
                 metrics.FAULT_TO_ACTION.observe(max(seconds, 0.0))
-            log.info("quarantined %s: %s", decision.name, decision.verdict.message)
+            log.info("quarantined %s: %s", plan.name, plan.verdict.message)
         elif was_quarantined and not now_quarantined:
             metrics.RELEASES.labels(policy=policy).inc()
-            log.info("released %s", decision.name)
+            log.info("released %s", plan.name)
             # A release makes room under storm protection for nodes held back.
             self.fleet.nudge()
 
-    async def _post(self, decision: Decision) -> None:
+    async def _post(self, plan: Plan) -> None:
         targets = []
-        node = self.fleet.nodes.get(decision.name)
+        node = self.fleet.nodes.get(plan.name)
         if node is not None:
-            targets.append(Target.node(decision.name, node.uid))
-        health = self.fleet.healths.get(decision.name)
+            targets.append(Target.node(plan.name, node.uid))
+        health = self.fleet.healths.get(plan.name)
         if health is not None:
-            targets.append(Target.health(decision.name, health.uid))
+            targets.append(Target.health(plan.name, health.uid))
         now = self.clock()
-        for event in decision.events:
+        for event in plan.events:
             for target in targets:
                 try:
                     await self.kube.post_event(target, event, now)

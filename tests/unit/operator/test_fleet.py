@@ -213,5 +213,5 @@ def test_a_health_status_is_kept_compact_and_read_back_as_a_fresh_copy() -> None
     assert first.facts == {"gpus": status["gpus"]}
     first.facts["gpus"].clear()
     assert len(entry.view().facts["gpus"]) == 8
-    previous = entry.view().verdict
+    previous = entry.view().recorded.verdict
     assert previous is not None and previous.health == "Healthy"

@@ -88,9 +88,9 @@ def test_a_status_is_parsed_once_into_facts_verdict_and_conditions() -> None:
     assert view.status is not None and view.status.gpus[0].index == 0
     assert view.error is None
     assert view.facts == {"gpuCount": 1, "gpus": [{"index": 0}]}
-    assert view.verdict is not None and view.verdict.health == "Healthy"
-    assert [c.type for c in view.conditions] == ["Healthy"]
-    assert (view.annotations, view.generation) == ({"a": "b"}, 4)
+    assert view.recorded.verdict is not None and view.recorded.verdict.health == "Healthy"
+    assert [c.type for c in view.recorded.conditions] == ["Healthy"]
+    assert (view.annotations, view.recorded.generation) == ({"a": "b"}, 4)
 
 
 def test_an_invalid_status_names_the_field_and_keeps_the_operators_keys() -> None:
@@ -98,13 +98,15 @@ def test_an_invalid_status_names_the_field_and_keeps_the_operators_keys() -> Non
     view = HealthView.parse(status, {}, 1)
     assert view.status is None
     assert view.error is not None and "status.gpus[0].index" in view.error
-    assert view.verdict is not None and view.verdict.reason == "AllChecksPassed"
-    assert [c.type for c in view.conditions] == ["Healthy"]
+    assert view.recorded.verdict is not None
+    assert view.recorded.verdict.reason == "AllChecksPassed"
+    assert [c.type for c in view.recorded.conditions] == ["Healthy"]
 
 
 def test_an_empty_status_is_no_status_and_edited_operator_keys_read_as_none() -> None:
     empty = HealthView.parse({}, {}, 1)
-    assert (empty.status, empty.error, empty.verdict, empty.conditions) == (None, None, None, [])
+    assert (empty.status, empty.error) == (None, None)
+    assert (empty.recorded.verdict, empty.recorded.conditions) == (None, [])
     edited = HealthView.parse({"gpus": "x", "verdict": {"health": 3}, "conditions": [1]}, {}, 1)
     assert edited.error is not None
-    assert (edited.verdict, edited.conditions) == (None, [])
+    assert (edited.recorded.verdict, edited.recorded.conditions) == (None, [])

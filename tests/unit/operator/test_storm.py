@@ -1,4 +1,5 @@
-"""Storm protection: admission order and cap, and the policy condition."""
+"""Storm protection: candidates, admission order and cap, each policy's state, and the policy
+condition."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from navarch.operator.storm import Candidate, StormState, admit, assess
+from navarch import api
+from navarch.operator.model import NodeView, Taint
+from navarch.operator.policy import compile_policy, default_policy
+from navarch.operator.storm import Candidate, StormState, admit, assess, candidates, protect
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -87,3 +91,39 @@ def test_assess_within_limit() -> None:
     condition = state.condition()
     assert (condition.status, condition.reason) == ("False", "WithinLimit")
     assert condition.message == "0 of 20 governed nodes quarantined, limit 2"
+
+
+def sick(minutes: int) -> api.Verdict:
+    return api.Verdict(
+        health=api.Health.UNHEALTHY,
+        action=api.Action.TAINT,
+        reason=api.Reason.RULE_MATCHED,
+        policy="default",
+        fault_time=at(minutes),
+    )
+
+
+def test_candidates_are_the_nodes_that_need_a_new_quarantine() -> None:
+    fresh = NodeView("gpu-1")
+    held = NodeView("gpu-2", annotations={api.APPLIED_CORDON_ANNOTATION: "true"})
+    healthy = api.Verdict(health="Healthy", action="None", reason="AllChecksPassed")  # type: ignore[arg-type]
+    found = candidates([(sick(3), fresh), (sick(5), held), (healthy, fresh)], default_policy())
+    assert [(c.name, c.fault_time) for c in found] == [("gpu-1", at(3))]
+
+
+def test_protect_admits_per_policy_and_counts_what_is_taken() -> None:
+    one = compile_policy("one", 1, {"maxUnhealthy": 1})
+    two = compile_policy("two", 1, {"maxUnhealthy": 2})
+    governed = {"one": {"a", "b", "c"}, "two": {"d", "e", "f", "g"}}
+    tainted = NodeView("e", taints=(Taint(api.DEFAULT_TAINT_KEY, "NoSchedule"),))
+    unwell = {
+        "a": (sick(1), NodeView("a")),
+        "b": (sick(2), NodeView("b")),
+        "d": (sick(3), NodeView("d")),
+        "e": (sick(9), tainted),
+        "f": (sick(4), NodeView("f")),
+    }
+    admitted, states = protect(governed, {"one": one, "two": two}, {"g"}, unwell)
+    assert admitted == {"b", "f"}
+    assert (states["one"].candidates, states["one"].admitted, states["one"].held) == (2, 1, 1)
+    assert (states["two"].quarantined, states["two"].candidates, states["two"].held) == (1, 2, 1)

@@ -1,4 +1,5 @@
-"""Evaluation with a fixed clock: status problems, heartbeat, active XIDs, sustained rules."""
+"""Judging with a fixed clock: status problems, heartbeat, active XIDs, sustained rules, and
+nodes no policy judges."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Any
 import pytest
 
 from navarch import api
-from navarch.operator.model import HealthView
+from navarch.gpu import GPU_PRESENT_LABEL
+from navarch.operator.model import HealthView, NodeView
 from navarch.operator.policy import CompiledPolicy, compile_policy, default_policy
-from navarch.operator.verdict import Evaluation, evaluate, is_active
-from navarch.wire import format_time, from_wire
+from navarch.operator.verdict import Judgement, is_active, judge
+from navarch.wire import format_time, from_wire, to_wire
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 POLICY = default_policy()
@@ -60,9 +62,19 @@ def run(
     labels: dict[str, str] | None = None,
     now: datetime = NOW,
     previous: api.Verdict | None = None,
-) -> Evaluation:
-    health = None if st is None else HealthView.parse(st, annotations or {}, 1)
-    return evaluate(health, labels or {}, policy, now, previous=previous)
+) -> Judgement:
+    """Judge a node whose GpuNodeHealth has status ``st`` (None: it has no GpuNodeHealth, and
+    then its Node says it should have one), with ``previous`` as the persisted verdict."""
+    health = None
+    if st is None:
+        labels = {GPU_PRESENT_LABEL: "true", **(labels or {})}
+    else:
+        stored = {**st, "verdict": to_wire(previous)} if previous is not None else st
+        health = HealthView.parse(stored, annotations or {}, 1)
+    node = NodeView(name="gpu-1", labels=labels or {})
+    judgement = judge("gpu-1", node, health, policy, now, remembered=previous)
+    assert judgement is not None
+    return judgement
 
 
 # --- status problems and heartbeat ---------------------------------------------------------
@@ -79,12 +91,12 @@ def test_no_status_is_unknown(st: dict[str, Any] | None) -> None:
 def test_invalid_status_is_unknown_with_the_path() -> None:
     bad = status()
     bad["gpus"][2]["index"] = "two"
-    evaluation = run(bad)
-    assert evaluation.verdict.health == "Unknown"
-    assert evaluation.verdict.reason == "InvalidStatus"
-    assert evaluation.status_error is not None
-    assert "status.gpus[2].index" in evaluation.status_error
-    assert evaluation.verdict.message == evaluation.status_error
+    judgement = run(bad)
+    assert judgement.verdict.health == "Unknown"
+    assert judgement.verdict.reason == "InvalidStatus"
+    assert judgement.status_error is not None
+    assert "status.gpus[2].index" in judgement.status_error
+    assert judgement.verdict.message == judgement.status_error
 
 
 def test_missing_heartbeat_is_stale() -> None:
@@ -97,14 +109,14 @@ def test_missing_heartbeat_is_stale() -> None:
 
 def test_old_heartbeat_is_stale_with_its_time_even_when_rules_match() -> None:
     st = status(lastHeartbeatTime=ago(minutes=3, seconds=12), xids=[xid()])
-    evaluation = run(st)
-    verdict = evaluation.verdict
+    judgement = run(st)
+    verdict = judgement.verdict
     assert (verdict.health, verdict.reason, verdict.action) == ("Unknown", "HeartbeatStale", "None")
     assert st["lastHeartbeatTime"] in (verdict.message or "")
     assert "heartbeatTimeout 2m" in (verdict.message or "")
     assert verdict.rules == []
     assert verdict.fault_time == NOW - timedelta(minutes=3, seconds=12)
-    assert evaluation.recheck_after is None
+    assert judgement.recheck_after is None
 
 
 def test_stale_message_does_not_change_while_the_heartbeat_stays_away() -> None:
@@ -131,8 +143,8 @@ def test_stale_action_comes_from_the_policy() -> None:
 
 
 def test_healthy_node() -> None:
-    evaluation = run(status())
-    verdict = evaluation.verdict
+    judgement = run(status())
+    verdict = judgement.verdict
     assert (verdict.health, verdict.reason, verdict.action) == (
         "Healthy",
         "AllChecksPassed",
@@ -140,7 +152,7 @@ def test_healthy_node() -> None:
     )
     assert verdict.message == "all 12 rules passed"
     assert verdict.fault_time is None
-    assert evaluation.recheck_after == timedelta(minutes=2) - timedelta(seconds=10)
+    assert judgement.recheck_after == timedelta(minutes=2) - timedelta(seconds=10)
 
 
 def test_worst_severity_wins_and_unhealthy_rules_come_first() -> None:
@@ -186,7 +198,7 @@ def test_fault_time_is_the_earliest_xid_and_is_kept_while_unhealthy() -> None:
     assert run(ecc, previous=first).verdict.fault_time == NOW - timedelta(minutes=40)
 
 
-def test_rule_errors_are_reported_and_do_not_stop_evaluation() -> None:
+def test_rule_errors_are_reported_and_do_not_stop_judging() -> None:
     policy = compile_policy(
         "p",
         1,
@@ -197,9 +209,9 @@ def test_rule_errors_are_reported_and_do_not_stop_evaluation() -> None:
             ]
         },
     )
-    evaluation = run(status(), policy)
-    assert evaluation.verdict.health == "Degraded"
-    assert [e.rule for e in evaluation.rule_errors] == ["bad"]
+    judgement = run(status(), policy)
+    assert judgement.verdict.health == "Degraded"
+    assert [e.rule for e in judgement.rule_errors] == ["bad"]
     healthy = compile_policy(
         "q",
         1,
@@ -227,10 +239,10 @@ def test_xid_outside_the_window_is_inactive() -> None:
 
 def test_xid_last_seen_inside_the_window_is_active_even_if_first_seen_before() -> None:
     st = status(xids=[xid(time=ago(hours=30), lastTime=ago(hours=1))])
-    evaluation = run(st)
-    assert evaluation.verdict.health == "Unhealthy"
-    assert evaluation.verdict.fault_time == NOW - timedelta(hours=30)
-    assert evaluation.recheck_after == timedelta(minutes=2) - timedelta(seconds=10)
+    judgement = run(st)
+    assert judgement.verdict.health == "Unhealthy"
+    assert judgement.verdict.fault_time == NOW - timedelta(hours=30)
+    assert judgement.recheck_after == timedelta(minutes=2) - timedelta(seconds=10)
 
 
 def test_recheck_when_an_xid_leaves_the_window() -> None:
@@ -280,10 +292,10 @@ def test_acknowledged_xids_are_inactive_and_later_ones_count() -> None:
 
 
 def test_unparsable_acknowledgement_is_reported_not_fatal() -> None:
-    evaluation = run(status(xids=[xid()]), annotations={api.ACK_ANNOTATION: "yesterday"})
-    assert evaluation.verdict.health == "Unhealthy"
-    assert len(evaluation.warnings) == 1
-    assert "yesterday" in evaluation.warnings[0]
+    judgement = run(status(xids=[xid()]), annotations={api.ACK_ANNOTATION: "yesterday"})
+    assert judgement.verdict.health == "Unhealthy"
+    assert len(judgement.warnings) == 1
+    assert "yesterday" in judgement.warnings[0]
 
 
 def test_is_active_checks_each_path_directly() -> None:
@@ -299,9 +311,9 @@ def test_is_active_checks_each_path_directly() -> None:
 
 
 def test_application_xids_change_nothing_but_are_reported() -> None:
-    evaluation = run(status(xids=[xid(13, "RESTART_APP"), xid(43, "IGNORE", time=ago(hours=30))]))
-    assert evaluation.verdict.health == "Healthy"
-    assert [x.code for x in evaluation.informational_xids] == [13]
+    judgement = run(status(xids=[xid(13, "RESTART_APP"), xid(43, "IGNORE", time=ago(hours=30))]))
+    assert judgement.verdict.health == "Healthy"
+    assert [x.code for x in judgement.informational_xids] == [13]
 
 
 # --- sustained rules -----------------------------------------------------------------------
