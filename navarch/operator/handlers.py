@@ -1,9 +1,9 @@
 """The kopf shell: watch events feed the index, one startup handler sets everything up.
 
 The watch handlers do nothing but record the object (or its deletion) in the
-:class:`~navarch.operator.fleet.Fleet` and so mark its node for the reconcile loop; all the
+:class:`~navarch.operator.index.Index`, which marks its node for the reconcile loop; all the
 judging and writing happens there. They hold no state of their own and trust no single event:
-the loop re-reads a Node whenever a write conflicts, and timers re-evaluate nodes without any
+the loop re-reads a Node whenever a write conflicts, and timers judge nodes again without any
 event at all. An object kopf delivers from a fresh listing (event type None) also tells the
 loop that kopf listed again, so that it lists too and learns of deletions kopf never reports.
 
@@ -31,10 +31,11 @@ from kubernetes import client
 from navarch import api
 from navarch.backoff import Forever
 from navarch.errors import ApiError
-from navarch.operator.fleet import Fleet
 from navarch.operator.health import Health
+from navarch.operator.index import Index
 from navarch.operator.kube import Kube
 from navarch.operator.reconciler import Reconciler
+from navarch.operator.workqueue import WorkQueue
 
 registry = kopf.OperatorRegistry()
 
@@ -56,11 +57,15 @@ class Runtime:
     configuration: client.Configuration
     workers: int
     health: Health = field(default_factory=Health)
-    fleet: Fleet = field(default_factory=Fleet)
+    queue: WorkQueue = field(default_factory=WorkQueue)
+    index: Index = field(init=False)
     kube: Kube | None = None
     reconciler: Reconciler | None = None
     loop_task: asyncio.Task[None] | None = None
     scan_task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.index = Index(self.queue)
 
 
 def kopf_watches() -> set[str]:
@@ -142,7 +147,7 @@ async def start(settings: kopf.OperatorSettings, memo: Runtime, **_: Any) -> Non
     if memo.kube is None:
         memo.kube = Kube(memo.configuration, memo.workers)
     if memo.reconciler is None:
-        memo.reconciler = Reconciler(memo.fleet, memo.kube, health=memo.health)
+        memo.reconciler = Reconciler(memo.index, memo.queue, memo.kube, health=memo.health)
     if memo.scan_task is None:
         memo.health.running_watches = kopf_watches
         memo.scan_task = asyncio.create_task(scan_watches(memo.health), name="watch scan")
@@ -179,7 +184,7 @@ def feed(memo: Runtime, kind: str, event: kopf.RawEvent) -> None:
     event_type = event.get("type")
     if event_type is None and memo.reconciler is not None:
         memo.reconciler.relisted(kind)
-    memo.fleet.feed(kind, event_type, event["object"])
+    memo.index.feed(kind, event_type, event["object"])
 
 
 @kopf.on.event("", "v1", "nodes", registry=registry)

@@ -109,6 +109,7 @@ class NodeView:
     """What the planner needs to know about a Node."""
 
     name: str
+    uid: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     taints: tuple[Taint, ...] = ()
@@ -125,6 +126,7 @@ class NodeView:
         condition = next((c for c in conditions if c.get("type") == api.NODE_CONDITION_TYPE), None)
         return cls(
             name=metadata["name"],
+            uid=metadata.get("uid", ""),
             labels=dict(metadata.get("labels") or {}),
             annotations=dict(metadata.get("annotations") or {}),
             taints=tuple(Taint.from_wire(t) for t in spec.get("taints") or []),

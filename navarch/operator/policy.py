@@ -16,6 +16,7 @@ chart ships it, and the operator applies it when the cluster has no policy at al
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from navarch.errors import InvalidObjectError, PolicyError
 from navarch.operator import rules as builtin
 from navarch.operator.rules import Check, RuleInputs
 from navarch.wire import from_wire, to_wire
+
+log = logging.getLogger(__name__)
 
 VARIABLES = frozenset({"status", "labels", "gpus", "xids"})
 _MACRO_BINDING = re.compile(
@@ -207,6 +210,24 @@ def compile_policy(name: str, generation: int | None, spec: Mapping[str, Any]) -
         max_unhealthy=parsed.max_unhealthy,
         cel_variables=variables & VARIABLES,
     )
+
+
+def compile_generation(
+    name: str, generation: int | None, spec: Mapping[str, Any], previous: CompiledPolicy | None
+) -> tuple[CompiledPolicy | None, str | None]:
+    """A new generation of a policy object compiled: the policy in force after it (this
+    generation, else ``previous``, the last one that compiled) and why it was rejected, if it
+    was."""
+    try:
+        return compile_policy(name, generation, spec), None
+    except PolicyError as err:
+        log.warning("policy %s generation %s rejected: %s", name, generation, err)
+        return previous, str(err)
+    # The compiler is a third-party library fed with user text: whatever it raises must
+    # reject this generation, not take the operator down.
+    except Exception as err:
+        log.exception("policy %s generation %s could not be compiled", name, generation)
+        return previous, f"policy {name!r}: {err}"
 
 
 def _all_rules(policy: str, spec: api.GpuHealthPolicySpec) -> list[api.PolicyRule]:

@@ -2,7 +2,7 @@
 
 One coroutine plans, many write. Each pass runs the stages of the core in order:
 
-1. takes the dirty nodes and due timers from the index (nodes with writes in flight wait);
+1. takes the dirty nodes and due timers from the work queue (nodes with writes in flight wait);
 2. judges them (``verdict``: pure, on the event loop, yielding now and then);
 3. runs storm protection (``storm``) for every policy over all the nodes it governs, counting
    quarantines still being written as quarantined. Admitting in one place is what keeps
@@ -41,11 +41,12 @@ from navarch import api
 from navarch.backoff import Backoff
 from navarch.errors import ApiError
 from navarch.operator import memory, metrics, policy_status, storm
-from navarch.operator.fleet import Fleet
 from navarch.operator.health import Health
+from navarch.operator.index import Index
 from navarch.operator.kube import REPORT, Kube, Target
 from navarch.operator.planner import Plan, plan
 from navarch.operator.verdict import Judgement, judge
+from navarch.operator.workqueue import WorkQueue
 from navarch.operator.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -87,18 +88,21 @@ def utcnow() -> datetime:
 class Reconciler:
     def __init__(
         self,
-        fleet: Fleet,
+        index: Index,
+        queue: WorkQueue,
         kube: Kube,
+        *,
         clock: Callable[[], datetime] = utcnow,
         health: Health | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        self.fleet = fleet
+        self.index = index
+        self.queue = queue
         self.kube = kube
         self.clock = clock
         self.health = health if health is not None else Health(clock=clock)
-        self.health.busy_since = fleet.busy_since
-        self.writer = Writer(kube, fleet, clock)
+        self.health.busy_since = queue.busy_since
+        self.writer = Writer(kube, index, queue, clock)
         self._rand = rand
         self._tasks: set[asyncio.Task[None]] = set()
         self._storm_states: dict[str, storm.StormState] = {}
@@ -122,7 +126,7 @@ class Reconciler:
     async def run(self) -> None:
         while True:
             now = self.clock()
-            await self.fleet.wait(now, self._deadline(now))
+            await self.queue.wait(now, self._deadline(now))
             if BATCH_WINDOW:
                 await asyncio.sleep(BATCH_WINDOW)
             try:
@@ -139,9 +143,9 @@ class Reconciler:
         for kind, resource in KINDS.items():
             if kind in kinds:
                 items, version = await self.kube.list(resource)
-                self.fleet.replace(kind, items, version)
+                self.index.replace(kind, items, version)
         if set(kinds) >= KINDS.keys():
-            self.fleet.mark(*self.fleet.names())
+            self.queue.mark(*self.index.names())
             self._resynced_at = self.clock()
             if self._outage is not None:
                 log.info(
@@ -149,13 +153,13 @@ class Reconciler:
                     self._outage.failures - 1,
                 )
                 self._outage = None
-                self.fleet.nudge()
+                self.queue.nudge()
         log.info(
             "listed %s: %d Nodes, %d GpuNodeHealths, %d GpuHealthPolicies in the index",
             ", ".join(KINDS[k] for k in KINDS if k in kinds),
-            len(self.fleet.nodes),
-            len(self.fleet.healths),
-            len(self.fleet.policies),
+            len(self.index.nodes),
+            len(self.index.healths),
+            len(self.index.policies),
         )
 
     def relisted(self, kind: str) -> None:
@@ -185,7 +189,7 @@ class Reconciler:
 
     def _resync_soon(self, when: datetime) -> None:
         self._resync_at = min(self._resync_at, when)
-        self.fleet.wake_by(when)
+        self.queue.wake_by(when)
 
     async def _resync_in_background(self) -> None:
         full = self._outage is not None or not self._relisted
@@ -210,17 +214,17 @@ class Reconciler:
             )
         finally:
             self._resyncing = False
-            self.fleet.wake_by(self._resync_at)
+            self.queue.wake_by(self._resync_at)
 
     def _deadline(self, now: datetime) -> datetime:
         resync = None if self._resyncing else self._resync_at
         deadlines = [
-            d for d in (self.fleet.next_due(), self._next_report(), resync) if d is not None
+            d for d in (self.queue.next_due(), self._next_report(), resync) if d is not None
         ]
         return min([*deadlines, now + IDLE_WAIT])
 
     def _next_report(self) -> datetime | None:
-        if not self.fleet.reports_stale or self._outage is not None:
+        if not self.queue.reports_stale or self._outage is not None:
             return None
         if self._reported_at is None:
             return self.clock()
@@ -229,12 +233,12 @@ class Reconciler:
     async def reconcile(self) -> None:
         """One pass (see the module docstring)."""
         now = self.clock()
-        work = self.fleet.take(now)
+        work = self.queue.take(now)
         judgements = await self._judge(sorted(work), now)
         admitted = self._storm(judgements)
         # A held node that fits now is judged at once, unless its writes are failing: its
         # retry comes with its backoff.
-        extra = admitted - judgements.keys() - self.fleet.busy - self.fleet.backing_off(now)
+        extra = admitted - judgements.keys() - self.queue.busy - self.queue.backing_off(now)
         judgements.update(await self._judge(sorted(extra), now))
         for name, judgement in judgements.items():
             try:
@@ -245,7 +249,7 @@ class Reconciler:
                 continue
             self._dispatch(node_plan, now)
         if work or extra:
-            self.fleet.reports_stale = True
+            self.queue.reports_stale = True
         if self._outage is None and (
             self._reported_at is None or now >= self._reported_at + REPORT_INTERVAL
         ):
@@ -278,15 +282,14 @@ class Reconciler:
         for i, name in enumerate(names):
             if i and i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            node = self.fleet.nodes.get(name)
-            health = self.fleet.healths.get(name)
+            health = self.index.healths.get(name)
             started = time.perf_counter()
             try:
                 judgement = judge(
                     name,
-                    node.view if node is not None else None,
+                    self.index.nodes.get(name),
                     health.view() if health is not None else None,
-                    self.fleet.governor(name),
+                    self.index.governor(name),
                     now,
                     remembered=self.verdicts.get(name),
                 )
@@ -296,7 +299,7 @@ class Reconciler:
                 continue
             if judgement is None:
                 self._remember(name, None)
-                self.fleet.schedule(name, None, now)
+                self.queue.schedule(name, None, now)
                 continue
             if judgement.policy is not None:
                 metrics.JUDGEMENT.observe(time.perf_counter() - started)
@@ -304,7 +307,7 @@ class Reconciler:
         return out
 
     def _failed(self, name: str, now: datetime) -> None:
-        delay = self.fleet.retry(name, now)
+        delay = self.queue.retry(name, now)
         log.exception("judging %s failed; trying again in %s", name, delay)
 
     def _storm(self, judgements: dict[str, Judgement]) -> set[str]:
@@ -313,12 +316,12 @@ class Reconciler:
         unwell = {}
         for name in self._unwell | judgements.keys():
             verdict = self._latest(name, judgements)
-            node = self.fleet.nodes.get(name)
+            node = self.index.nodes.get(name)
             if verdict is not None and node is not None and verdict.health != api.Health.HEALTHY:
-                unwell[name] = (verdict, node.view)
-        policies = {p.name: p for p in self.fleet.in_force()}
-        taken = self.fleet.quarantined | self.fleet.reserved
-        admitted, self._storm_states = storm.protect(self.fleet.governed(), policies, taken, unwell)
+                unwell[name] = (verdict, node)
+        policies = {p.name: p for p in self.index.in_force()}
+        taken = self.index.quarantined | self.queue.reserved
+        admitted, self._storm_states = storm.protect(self.index.governed(), policies, taken, unwell)
         return admitted
 
     def _latest(self, name: str, judgements: dict[str, Judgement]) -> api.Verdict | None:
@@ -339,10 +342,10 @@ class Reconciler:
     def _dispatch(self, node_plan: Plan, now: datetime) -> None:
         name = node_plan.name
         self._remember(name, node_plan.verdict if node_plan.policy else None)
-        self.fleet.schedule(name, node_plan.recheck_after, now)
+        self.queue.schedule(name, node_plan.recheck_after, now)
         if not node_plan.writes:
             return
-        self.fleet.begin(name, now, reserve=node_plan.new_quarantine)
+        self.queue.begin(name, now, reserve=node_plan.new_quarantine)
         self._spawn(self.writer.apply(node_plan), f"write {name}")
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
@@ -353,20 +356,20 @@ class Reconciler:
     # --- policy status and gauges ----------------------------------------------------------
 
     def _report(self, now: datetime) -> None:
-        if not self.fleet.reports_stale:
+        if not self.queue.reports_stale:
             return
-        self.fleet.reports_stale = False
+        self.queue.reports_stale = False
         self._reported_at = now
-        governed = self.fleet.governed()
+        governed = self.index.governed()
         self._gauges(governed)
         metrics.POLICY_ACCEPTED.clear()
-        for entry in list(self.fleet.policies.values()):
+        for entry in list(self.index.policies.values()):
             if entry.name in self._reporting:
-                self.fleet.reports_stale = True
+                self.queue.reports_stale = True
                 continue
             accepted = entry.accepted
             names = governed.get(entry.name, set()) if accepted else set()
-            members = [(self.verdicts.get(n), n in self.fleet.quarantined) for n in names]
+            members = [(self.verdicts.get(n), n in self.index.quarantined) for n in names]
             report = policy_status.report(
                 entry.status,
                 generation=entry.generation,
@@ -401,13 +404,13 @@ class Reconciler:
         try:
             if report.patch is not None:
                 body = await self.kube.patch_status(api.GHP_PLURAL, name, report.patch, REPORT)
-                self.fleet.observe_policy(body)
+                self.index.observe_policy(body)
             target = Target.policy(name, uid)
             for event in report.events:
                 await self.kube.post_event(target, event, self.clock())
         except ApiError as err:
             log.warning("status of policy %s not written: %s", name, err)
-            self.fleet.nudge()
+            self.queue.nudge()
         finally:
             self._reporting.discard(name)
 

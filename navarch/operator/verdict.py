@@ -272,7 +272,7 @@ def _stale_heartbeat(last: datetime | None, timeout: timedelta, now: datetime) -
         return "the agent has never reported a heartbeat"
     if now - last <= timeout:
         return None
-    # No age in the message: it would change on every evaluation, and the condition and verdict
+    # No age in the message: it would change on every judgement, and the condition and verdict
     # written from it with it, so each write's own watch event would cause the next write.
     return (
         f"no heartbeat from the agent since {format_time(last)}, "

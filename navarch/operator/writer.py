@@ -24,9 +24,10 @@ from datetime import datetime
 from navarch import api
 from navarch.errors import ApiError
 from navarch.operator import metrics
-from navarch.operator.fleet import Fleet
+from navarch.operator.index import Index
 from navarch.operator.kube import Kube, Target, unavailable
 from navarch.operator.planner import Plan
+from navarch.operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -35,41 +36,44 @@ NOT_FOUND = 404
 
 
 class Writer:
-    def __init__(self, kube: Kube, fleet: Fleet, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, kube: Kube, index: Index, queue: WorkQueue, clock: Callable[[], datetime]
+    ) -> None:
         self.kube = kube
-        self.fleet = fleet
+        self.index = index
+        self.queue = queue
         self.clock = clock
 
     async def apply(self, plan: Plan) -> None:
-        """Write the plan; the node must have been marked busy by ``Fleet.begin``."""
+        """Write the plan; the node must have been marked busy by ``WorkQueue.begin``."""
         name = plan.name
         step = "nodes"
         try:
             if plan.node_patch is not None:
                 was_quarantined = plan.node is not None and plan.node.quarantined
-                self.fleet.observe_node(await self.kube.patch_node(name, plan.node_patch))
+                self.index.observe_node(await self.kube.patch_node(name, plan.node_patch))
                 self._count(plan, was_quarantined)
             if plan.node_status_patch is not None:
                 patch = plan.node_status_patch
-                self.fleet.observe_node(await self.kube.patch_node_status(name, patch))
+                self.index.observe_node(await self.kube.patch_node_status(name, patch))
             if plan.health_patch is not None:
                 step = api.GNH_PLURAL
                 body = await self.kube.patch_status(api.GNH_PLURAL, name, plan.health_patch)
-                self.fleet.observe_health(body)
-            self.fleet.succeeded(name)
+                self.index.observe_health(body)
+            self.queue.succeeded(name)
         except ApiError as err:
             await self._failed(name, step, err)
             return
         finally:
-            self.fleet.end(name)
+            self.queue.end(name)
         # Once the verdict is persisted the node may be planned again: its Events are derived
         # from that verdict and cannot repeat, so posting them need not hold the node up.
         if plan.events:
             await self._post(plan)
 
     def _count(self, plan: Plan, was_quarantined: bool) -> None:
-        node = self.fleet.nodes.get(plan.name)
-        now_quarantined = node is not None and node.view.quarantined
+        node = self.index.nodes.get(plan.name)
+        now_quarantined = node is not None and node.quarantined
         policy = plan.policy or ""
         if plan.new_quarantine and now_quarantined:
             metrics.QUARANTINES.labels(policy=policy).inc()
@@ -82,14 +86,14 @@ class Writer:
             metrics.RELEASES.labels(policy=policy).inc()
             log.info("released %s", plan.name)
             # A release makes room under storm protection for nodes held back.
-            self.fleet.nudge()
+            self.queue.nudge()
 
     async def _post(self, plan: Plan) -> None:
         targets = []
-        node = self.fleet.nodes.get(plan.name)
+        node = self.index.nodes.get(plan.name)
         if node is not None:
             targets.append(Target.node(plan.name, node.uid))
-        health = self.fleet.healths.get(plan.name)
+        health = self.index.healths.get(plan.name)
         if health is not None:
             targets.append(Target.health(plan.name, health.uid))
         now = self.clock()
@@ -109,13 +113,13 @@ class Writer:
 
     async def _failed(self, name: str, resource: str, err: ApiError) -> None:
         if resource == api.GNH_PLURAL and err.status == NOT_FOUND:
-            self.fleet.forget_health(name)
+            self.index.forget_health(name)
             return
         if err.status in (CONFLICT, NOT_FOUND):
             log.info("Node %s changed while it was being written (%s); reading it again", name, err)
             await self._reread(name)
             return
-        delay = self.fleet.retry(name, self.clock())
+        delay = self.queue.retry(name, self.clock())
         # An outage fails every write; the reconciler warns of it once.
         level = logging.INFO if unavailable(err) else logging.WARNING
         log.log(
@@ -130,10 +134,10 @@ class Writer:
     async def _reread(self, name: str) -> None:
         """Replace the index's Node with the API server's, then plan the node again."""
         try:
-            self.fleet.observe_node(await self.kube.get_node(name))
+            self.index.observe_node(await self.kube.get_node(name))
         except ApiError as err:
             if err.status != NOT_FOUND:
-                self.fleet.retry(name, self.clock())
+                self.queue.retry(name, self.clock())
                 return
-            self.fleet.forget_node(name)
-        self.fleet.mark(name)
+            self.index.forget_node(name)
+        self.queue.mark(name)

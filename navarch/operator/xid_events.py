@@ -2,9 +2,9 @@
 
 Such XIDs do not change health, but whoever debugs a crashed job wants to see them next to the
 node. The verdict remembers up to which first-seen time they were reported
-(``xidEventsUntil``), so neither a re-evaluation nor a restarted operator reports one twice.
+(``xidEventsUntil``), so neither a new judgement nor a restarted operator reports one twice.
 The operator also keeps that cursor in memory: an API server whose CRD predates the field
-prunes it, and must not turn every evaluation into a new round of Events.
+prunes it, and must not turn every judgement into a new round of Events.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from navarch.gpu import xid_label
 from navarch.operator.model import Event
 
 MAX_EVENTS = 5
-"""Events per node and evaluation; more new XIDs than this are summed up in one more Event."""
+"""Events per node and judgement; more new XIDs than this are summed up in one more Event."""
 
 
 def xid_events(

@@ -15,8 +15,9 @@ import pytest
 from navarch import api
 from navarch.errors import ApiError
 from navarch.operator import reconciler as reconciler_module
-from navarch.operator.fleet import Fleet
+from navarch.operator.index import Index
 from navarch.operator.reconciler import Reconciler
+from navarch.operator.workqueue import WorkQueue
 from navarch.wire import format_time
 
 from .fake_kube import FakeKube
@@ -70,11 +71,13 @@ class World:
     def __init__(self, policy: dict[str, Any] | None = None) -> None:
         self.clock = Clock()
         self.kube = FakeKube()
-        self.fleet = Fleet(rand=lambda: 1.0)
+        self.queue = WorkQueue(rand=lambda: 1.0)
+        self.index = Index(self.queue)
         self.reconciler = Reconciler(
-            self.fleet,
+            self.index,
+            self.queue,
             self.kube,  # type: ignore[arg-type]
-            self.clock,
+            clock=self.clock,
             rand=lambda: 1.0,
         )
         if policy is not None:
@@ -84,15 +87,15 @@ class World:
                 "recovery": {"healthyFor": "10s"},
                 **policy,
             }
-            self.fleet.observe_policy(self.kube.add_policy("p", spec))
+            self.index.observe_policy(self.kube.add_policy("p", spec))
 
     def node(self, name: str, *xids: dict[str, Any], labels: dict[str, str] | None = None) -> None:
-        self.fleet.observe_node(self.kube.add_node(name, SELECTED if labels is None else labels))
-        self.fleet.observe_health(self.kube.add_health(name, status(self.clock, *xids)))
+        self.index.observe_node(self.kube.add_node(name, SELECTED if labels is None else labels))
+        self.index.observe_health(self.kube.add_health(name, status(self.clock, *xids)))
 
     def report(self, name: str, *xids: dict[str, Any]) -> None:
         body = self.kube.set_status(name, status(self.clock, *xids))
-        self.fleet.observe_health(body)
+        self.index.observe_health(body)
 
     async def settle(self, passes: int = 5) -> None:
         for _ in range(passes):
@@ -116,7 +119,7 @@ async def test_a_fault_is_quarantined_reported_and_then_left_alone() -> None:
     assert conditions["StatusValid"]["status"] == "True"
 
     calls = len(w.kube.calls)
-    w.fleet.mark("gpu-1")
+    w.queue.mark("gpu-1")
     await w.settle()
     assert len(w.kube.calls) == calls, w.kube.calls[calls:]
 
@@ -202,7 +205,7 @@ async def test_a_server_error_is_retried_with_backoff() -> None:
     w.kube.fail[("patch", "nodes")] = ApiError(503, "unavailable")
     await w.settle(1)
     assert not w.kube.taints("gpu-1")
-    assert w.fleet.next_due() == START + timedelta(seconds=1)
+    assert w.queue.next_due() == START + timedelta(seconds=1)
     w.clock.advance(1)
     await w.settle(1)
     assert len(w.kube.taints("gpu-1")) == 1
@@ -224,7 +227,7 @@ async def test_a_node_no_policy_selects_is_not_touched() -> None:
 @run
 async def test_a_gpu_node_health_without_node_gets_a_verdict_and_one_event() -> None:
     w = World()
-    w.fleet.observe_health(w.kube.add_health("ghost", status(w.clock)))
+    w.index.observe_health(w.kube.add_health("ghost", status(w.clock)))
     await w.settle()
     assert w.verdict("ghost")["reason"] == "NodeNotFound"
     assert [e.reason for t, e in w.kube.events] == ["NodeNotFound"]
@@ -268,8 +271,8 @@ async def test_a_resync_forgets_a_policy_deleted_while_the_watch_was_away() -> N
     del w.kube.policies["p"]
     await w.reconciler.resync()
     await w.settle()
-    assert w.fleet.policies == {}
-    assert [p.name for p in w.fleet.in_force()] == ["default"]
+    assert w.index.policies == {}
+    assert [p.name for p in w.index.in_force()] == ["default"]
 
 
 @run
@@ -289,7 +292,7 @@ async def test_a_node_that_trips_a_bug_does_not_stop_the_others(
     monkeypatch.setattr(reconciler_module, "judge", flaky)
     await w.settle()
     assert w.kube.quarantined() == {"gpu-2"}
-    assert w.fleet.next_due() == START + timedelta(seconds=1)
+    assert w.queue.next_due() == START + timedelta(seconds=1)
     monkeypatch.setattr(reconciler_module, "judge", real)
     w.clock.advance(1)
     await w.settle()
@@ -307,7 +310,7 @@ async def test_a_write_cut_off_by_a_long_outage_is_made_within_seconds_of_its_en
         await w.settle(1)
         w.clock.advance(2)
     assert not w.kube.taints("gpu-1")
-    due = w.fleet.next_due()
+    due = w.queue.next_due()
     assert due is not None and due - w.clock.now > timedelta(seconds=20)
     assert w.reconciler.health.unavailable_since == START
     # The node's own retry is far away; the lists that probe the API server are 5 s apart.
@@ -367,7 +370,7 @@ async def test_what_changed_during_an_outage_is_judged_when_it_ends() -> None:
     w.kube.down = False
     w.clock.advance(1)
     await w.settle()
-    assert "gpu-4" not in w.fleet.nodes
+    assert "gpu-4" not in w.index.nodes
     assert w.kube.quarantined() == {"gpu-1", "gpu-2", "gpu-3"}
     w.clock.advance(11)
     await w.settle()
@@ -404,7 +407,7 @@ async def test_a_kind_kopf_lists_again_is_listed_again_to_learn_its_deletions() 
 
     w.reconciler.relisted("node")
     await w.settle()
-    assert "gpu-2" in w.fleet.nodes, "kopf's first listing follows the operator's own"
+    assert "gpu-2" in w.index.nodes, "kopf's first listing follows the operator's own"
 
     w.clock.advance(60)
     calls = len(w.kube.calls)
@@ -413,7 +416,7 @@ async def test_a_kind_kopf_lists_again_is_listed_again_to_learn_its_deletions() 
     await w.settle()
     assert w.kube.calls[calls:].count(("list", "nodes")) == 1
     assert ("list", api.GNH_PLURAL) not in w.kube.calls[calls:]
-    assert "gpu-2" not in w.fleet.nodes
+    assert "gpu-2" not in w.index.nodes
 
 
 @run

@@ -1,39 +1,29 @@
-"""The operator's in-memory picture of the cluster: Nodes, GpuNodeHealths, policies, work.
+"""The index: the cluster as the watches last showed it, the operator's informer cache.
 
-kopf's watch handlers and the writer's API responses feed it; the reconciler reads it. It is
-only ever touched from the event loop, so it needs no locks. Besides the objects it keeps the
-work queue: nodes whose inputs changed ("dirty"), re-evaluation timers, the nodes with writes
-in flight ("busy") and, among those, the ones being quarantined afresh ("reserved"), which
-storm protection counts as quarantined until the write has landed.
+kopf's watch handlers and the writer's API responses feed it; the reconcile loop reads it, and
+every change marks its node in the work queue. Each object is kept in the form the stages read:
+a Node as its ``NodeView``, a GpuNodeHealth as compact JSON that each judgement parses once, a
+GpuHealthPolicy compiled once per generation. It also answers which policy governs each Node.
+It is only ever touched from the event loop, so it needs no locks.
 
 Objects are keyed by name: a GpuNodeHealth is named after its Node.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import heapq
 import json
-import logging
-import random
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from navarch.errors import PolicyError
 from navarch.operator.model import HealthView, NodeView
 from navarch.operator.policy import (
     CompiledPolicy,
-    compile_policy,
+    compile_generation,
     default_policy,
     select_policy,
 )
-
-log = logging.getLogger(__name__)
-
-MAX_RETRY_DELAY = timedelta(seconds=30)
+from navarch.operator.workqueue import WorkQueue
 
 
 def newer(candidate: str | None, stored: str | None) -> bool:
@@ -49,12 +39,6 @@ def newer(candidate: str | None, stored: str | None) -> bool:
     if candidate.isdigit() and stored.isdigit():
         return int(candidate) > int(stored)
     return candidate != stored
-
-
-@dataclass(frozen=True)
-class NodeEntry:
-    view: NodeView
-    uid: str
 
 
 @dataclass(frozen=True)
@@ -105,56 +89,42 @@ class PolicyEntry:
     """Why the current generation is not accepted; None when it is."""
 
 
-@dataclass
-class Fleet:
-    nodes: dict[str, NodeEntry] = field(default_factory=dict)
-    healths: dict[str, HealthEntry] = field(default_factory=dict)
-    policies: dict[str, PolicyEntry] = field(default_factory=dict)
-    busy: set[str] = field(default_factory=set)
-    reserved: set[str] = field(default_factory=set)
-    quarantined: set[str] = field(default_factory=set)
-    """Nodes on which Navarch holds a quarantine, as last observed."""
-    _dirty: set[str] = field(default_factory=set)
-    _timers: list[tuple[datetime, str]] = field(default_factory=list)
-    _due: dict[str, datetime] = field(default_factory=dict)
-    _failures: dict[str, int] = field(default_factory=dict)
-    _governors: dict[str, str | None] = field(default_factory=dict)
-    _in_force: dict[str, CompiledPolicy] | None = None
-    _members: dict[str, set[str]] | None = None
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _sleep_until: datetime | None = None
-    _busy_since: dict[str, datetime] = field(default_factory=dict)
-    rand: Callable[[], float] = random.random
-    """Jitter of retry delays (see ``retry``)."""
-    reports_stale: bool = True
-    """Set whenever policy statuses or gauges may have moved; the reconciler clears it."""
-
-    # --- feeding ---------------------------------------------------------------------------
+class Index:
+    def __init__(self, queue: WorkQueue) -> None:
+        self.queue = queue
+        """Where changed nodes are marked."""
+        self.nodes: dict[str, NodeView] = {}
+        self.healths: dict[str, HealthEntry] = {}
+        self.policies: dict[str, PolicyEntry] = {}
+        self.quarantined: set[str] = set()
+        """Nodes on which Navarch holds a quarantine, as last observed."""
+        self._governors: dict[str, str | None] = {}
+        self._in_force: dict[str, CompiledPolicy] | None = None
+        self._members: dict[str, set[str]] | None = None
 
     def observe_node(self, body: Mapping[str, Any]) -> None:
         view = NodeView.from_node(body)
         old = self.nodes.get(view.name)
-        if old is not None and not newer(view.resource_version, old.view.resource_version):
+        if old is not None and not newer(view.resource_version, old.resource_version):
             return
-        uid = (body.get("metadata") or {}).get("uid", "")
-        self.nodes[view.name] = NodeEntry(view, uid)
+        self.nodes[view.name] = view
         if view.quarantined:
             self.quarantined.add(view.name)
         else:
             self.quarantined.discard(view.name)
-        if old is None or old.view.labels != view.labels:
+        if old is None or old.labels != view.labels:
             self._governors.pop(view.name, None)
             self._members = None
-            self.reports_stale = True
-        self.mark(view.name)
+            self.queue.nudge()
+        self.queue.mark(view.name)
 
     def forget_node(self, name: str) -> None:
         if self.nodes.pop(name, None) is not None:
             self._governors.pop(name, None)
             self._members = None
             self.quarantined.discard(name)
-            self.reports_stale = True
-            self.mark(name)
+            self.queue.nudge()
+            self.queue.mark(name)
 
     def observe_health(self, body: Mapping[str, Any]) -> None:
         entry = HealthEntry.from_body(body)
@@ -162,11 +132,11 @@ class Fleet:
         if old is not None and not newer(entry.resource_version, old.resource_version):
             return
         self.healths[entry.name] = entry
-        self.mark(entry.name)
+        self.queue.mark(entry.name)
 
     def forget_health(self, name: str) -> None:
         if self.healths.pop(name, None) is not None:
-            self.mark(name)
+            self.queue.mark(name)
 
     def observe_policy(self, body: Mapping[str, Any]) -> None:
         """Index a policy; compile it when its generation is new (not on status echoes)."""
@@ -181,18 +151,9 @@ class Fleet:
             if old.generation == generation:
                 return
         previous = old.accepted if old is not None and old.uid == uid else None
-        entry = PolicyEntry(name, uid, generation, version, body.get("status") or {}, None, None)
-        try:
-            entry.accepted = compile_policy(name, generation, body.get("spec") or {})
-        except PolicyError as err:
-            entry.accepted, entry.error = previous, str(err)
-            log.warning("policy %s generation %s rejected: %s", name, generation, err)
-        # The compiler is a third-party library fed with user text: whatever it raises must
-        # reject this generation, not take the operator down.
-        except Exception as err:
-            entry.accepted, entry.error = previous, f"policy {name!r}: {err}"
-            log.exception("policy %s generation %s could not be compiled", name, generation)
-        self.policies[name] = entry
+        accepted, error = compile_generation(name, generation, body.get("spec") or {}, previous)
+        status = body.get("status") or {}
+        self.policies[name] = PolicyEntry(name, uid, generation, version, status, accepted, error)
         self._policies_moved()
 
     def forget_policy(self, name: str) -> None:
@@ -203,10 +164,8 @@ class Fleet:
         self._in_force = None
         self._members = None
         self._governors.clear()
-        self.mark(*self.names())
-        self.nudge()
-
-    # --- reading ---------------------------------------------------------------------------
+        self.queue.mark(*self.names())
+        self.queue.nudge()
 
     def names(self) -> set[str]:
         return set(self.nodes) | set(self.healths)
@@ -235,7 +194,7 @@ class Fleet:
             return None
         policies = self._policy_map()
         if name not in self._governors:
-            chosen = select_policy(policies.values(), node.view.labels)
+            chosen = select_policy(policies.values(), node.labels)
             self._governors[name] = chosen.name if chosen else None
         chosen_name = self._governors[name]
         return policies.get(chosen_name) if chosen_name else None
@@ -250,102 +209,6 @@ class Fleet:
                     members[policy.name].add(name)
             self._members = members
         return self._members
-
-    # --- work ------------------------------------------------------------------------------
-
-    def mark(self, *names: str) -> None:
-        """Ask for these nodes to be reconciled as soon as possible."""
-        self._dirty.update(names)
-        if names:
-            self._wake.set()
-
-    def nudge(self) -> None:
-        """Run a pass even without dirty nodes: storm room or policy status may have moved."""
-        self.reports_stale = True
-        self._wake.set()
-
-    def schedule(self, name: str, after: timedelta | None, now: datetime) -> None:
-        """Reconcile ``name`` again after ``after`` (None: no timer); replaces an earlier one."""
-        if after is None:
-            self._due.pop(name, None)
-            return
-        due = now + after
-        self._due[name] = due
-        heapq.heappush(self._timers, (due, name))
-        # Timers are set from write tasks too, while the loop sleeps towards a later deadline.
-        self.wake_by(due)
-
-    def wake_by(self, when: datetime) -> None:
-        """Make sure the loop is awake at ``when``, even if it went to sleep for longer."""
-        if self._sleep_until is not None and when < self._sleep_until:
-            self._wake.set()
-
-    def retry(self, name: str, now: datetime) -> timedelta:
-        """Back off after a failed write: 1 s, 2 s, 4 s ... up to 30 s, each delay scaled by a
-        random factor in [0.5, 1] so that nodes that failed together are not retried together.
-        """
-        failures = self._failures.get(name, 0)
-        self._failures[name] = failures + 1
-        ceiling = min(timedelta(seconds=2 ** min(failures, 32)), MAX_RETRY_DELAY)
-        delay = ceiling * (0.5 + 0.5 * self.rand())
-        self.schedule(name, delay, now)
-        return delay
-
-    def succeeded(self, name: str) -> None:
-        self._failures.pop(name, None)
-
-    def backing_off(self, now: datetime) -> set[str]:
-        """Nodes whose last write failed and whose retry is not due yet."""
-        return {name for name in self._failures if self._due.get(name, now) > now}
-
-    def take(self, now: datetime) -> set[str]:
-        """The nodes to reconcile now: dirty ones and due timers, except busy ones, which
-        stay queued until their writes finish."""
-        while self._timers and self._timers[0][0] <= now:
-            due, name = heapq.heappop(self._timers)
-            if self._due.get(name) == due:
-                del self._due[name]
-                self._dirty.add(name)
-        work = self._dirty - self.busy
-        self._dirty &= self.busy
-        self._wake.clear()
-        return work
-
-    def next_due(self) -> datetime | None:
-        while self._timers and self._due.get(self._timers[0][1]) != self._timers[0][0]:
-            heapq.heappop(self._timers)
-        return self._timers[0][0] if self._timers else None
-
-    def begin(self, name: str, now: datetime, *, reserve: bool) -> None:
-        self.busy.add(name)
-        self._busy_since[name] = now
-        if reserve:
-            self.reserved.add(name)
-
-    def end(self, name: str) -> None:
-        self.busy.discard(name)
-        self._busy_since.pop(name, None)
-        self.reserved.discard(name)
-        if name in self._dirty:
-            self._wake.set()
-
-    def busy_since(self) -> tuple[str, datetime] | None:
-        """The node whose writes have been in flight longest, and since when."""
-        if not self._busy_since:
-            return None
-        name = min(self._busy_since, key=self._busy_since.__getitem__)
-        return name, self._busy_since[name]
-
-    async def wait(self, now: datetime, until: datetime) -> None:
-        """Until something is marked, a timer earlier than ``until`` is set, or ``until``."""
-        if self._dirty - self.busy:
-            return
-        self._sleep_until = until
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), (until - now).total_seconds())
-        finally:
-            self._sleep_until = None
 
     def feed(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         """Apply one watch event (or listed object) of ``kind`` node, health or policy."""
@@ -371,7 +234,7 @@ class Fleet:
         bodies = list(bodies)
         listed = {(b.get("metadata") or {}).get("name") for b in bodies}
         stored: dict[str, str | None] = {
-            "node": {n: e.view.resource_version for n, e in self.nodes.items()},
+            "node": {n: v.resource_version for n, v in self.nodes.items()},
             "health": {n: e.resource_version for n, e in self.healths.items()},
             "policy": {n: e.resource_version for n, e in self.policies.items()},
         }[kind]
