@@ -73,6 +73,17 @@ class Setup:
     tmp: Path
 
 
+def refusal(call: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
+    """The API server's message if it refuses the call as Forbidden; empty if it allows it."""
+    try:
+        call(*args, **kwargs)
+    except client.ApiException as err:
+        if err.status != 403:
+            raise
+        return str(json.loads(err.body)["message"])
+    return ""
+
+
 def refused(call: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
     """The API server's message for a call it refuses as Forbidden."""
     with pytest.raises(client.ApiException) as denied:
@@ -100,7 +111,7 @@ def setup(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             eventually(
                 lambda: (
                     f"{release.agent}-owned-fields"
-                    in refused(agent.create_cluster_custom_object, *GNH, annotated, dry_run="All")
+                    in refusal(agent.create_cluster_custom_object, *GNH, annotated, dry_run="All")
                 ),
                 timeout=60,
             )
@@ -108,7 +119,7 @@ def setup(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             eventually(
                 lambda: (
                     f"{release.operator}-node-scope"
-                    in refused(operator.patch_node, node, label, dry_run="All", _content_type=MERGE)
+                    in refusal(operator.patch_node, node, label, dry_run="All", _content_type=MERGE)
                 ),
                 timeout=60,
             )
@@ -312,8 +323,8 @@ def test_agent_creates_its_object_with_nothing_but_its_own_metadata(
         metadata = {"ownerReferences": [owner]}
     body = health_body(setup.node, setup.node_uid)
     body["metadata"].update(metadata)
-    refusal = refused(setup.agent.create_cluster_custom_object, *GNH, body)
-    assert message in refusal and f"GpuNodeHealth {setup.node}" in refusal
+    denial = refused(setup.agent.create_cluster_custom_object, *GNH, body)
+    assert message in denial and f"GpuNodeHealth {setup.node}" in denial
     assert crds.kubectl("get", "gnh", setup.node, check=False).returncode != 0
 
 
@@ -406,9 +417,9 @@ def test_operator_cannot_change_what_navarch_does_not_own(
     crds: Cluster, setup: Setup, node: str, patch: Any, message: str
 ) -> None:
     before = crds.get_json("node", node)
-    refusal = refused(operator_patch, setup, node, patch)
-    assert "the Navarch operator may" in refusal
-    assert message in refusal and node in refusal
+    denial = refused(operator_patch, setup, node, patch)
+    assert "the Navarch operator may" in denial
+    assert message in denial and node in denial
     after = crds.get_json("node", node)
     for part in ("spec", "status"):
         assert after[part] == before[part]
@@ -418,8 +429,8 @@ def test_operator_cannot_change_what_navarch_does_not_own(
 
 def test_operator_cannot_rewrite_another_condition(crds: Cluster, setup: Setup, node: str) -> None:
     ready_false = {"type": "Ready", "status": "False", "reason": "Forged"}
-    refusal = refused(operator_patch, setup, node, {"status": {"conditions": [ready_false]}})
-    assert "may change only the GpuHealthy condition of Node" in refusal
+    denial = refused(operator_patch, setup, node, {"status": {"conditions": [ready_false]}})
+    assert "may change only the GpuHealthy condition of Node" in denial
     kubelet = crds.get_json("node", node)["status"]["conditions"]
     assert [(c["type"], c["status"]) for c in kubelet] == [("Ready", "True")]
 
