@@ -135,7 +135,8 @@ def protect(
     states: dict[str, StormState] = {}
     for name, members in governed.items():
         policy = policies[name]
-        suspects = [unwell[n] for n in members - taken if n in unwell]
+        # Unwell nodes are few and a policy's members many: intersect from the small side.
+        suspects = [unwell[n] for n in (unwell.keys() & members) - taken]
         chosen, states[name] = assess(
             len(members), len(members & taken), candidates(suspects, policy), policy.max_unhealthy
         )
