@@ -3,36 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from navarch import api
 from navarch.operator.model import HealthView, NodeView
 
-KEY = api.DEFAULT_TAINT_KEY
-FOREIGN = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
-
-
-def node(
-    *,
-    taints: list[dict[str, Any]] | None = None,
-    unschedulable: bool = False,
-    annotations: dict[str, str] | None = None,
-    labels: dict[str, str] | None = None,
-    conditions: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {"taints": taints or []}
-    if unschedulable:
-        spec["unschedulable"] = True
-    return {
-        "metadata": {
-            "name": "gpu-1",
-            "resourceVersion": "41",
-            "labels": labels or {},
-            "annotations": annotations or {},
-        },
-        "spec": spec,
-        "status": {"conditions": conditions or []},
-    }
+from .nodes import FOREIGN, KEY, node
 
 
 def test_node_view_reads_what_the_planner_needs() -> None:

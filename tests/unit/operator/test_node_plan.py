@@ -19,36 +19,13 @@ from navarch.operator.node_plan import NodePlan, needs_new_quarantine, plan_node
 from navarch.operator.policy import CompiledPolicy, compile_policy, default_policy
 from navarch.wire import format_time
 
+from .nodes import FOREIGN, KEY, node
+
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-KEY = api.DEFAULT_TAINT_KEY
 POLICY = default_policy()
 CORDONING = compile_policy(
     "cordoning", 1, {"actions": {"unhealthy": {"taint": "NoSchedule", "cordon": True}}}
 )
-FOREIGN = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
-
-
-def node(
-    *,
-    taints: list[dict[str, Any]] | None = None,
-    unschedulable: bool = False,
-    annotations: dict[str, str] | None = None,
-    labels: dict[str, str] | None = None,
-    conditions: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {"taints": taints or []}
-    if unschedulable:
-        spec["unschedulable"] = True
-    return {
-        "metadata": {
-            "name": "gpu-1",
-            "resourceVersion": "41",
-            "labels": labels or {"kubernetes.io/hostname": "gpu-1"},
-            "annotations": annotations or {},
-        },
-        "spec": spec,
-        "status": {"conditions": conditions or [{"type": "Ready", "status": "True"}]},
-    }
 
 
 def verdict(health: str, since: datetime = NOW, **fields: Any) -> api.Verdict:
