@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+
+MAX_MESSAGE = 300
+"""Characters kept of an error body that is not a Kubernetes Status."""
+
 
 class NavarchError(Exception):
     """Base of every error Navarch raises deliberately."""
@@ -55,6 +61,36 @@ class ApiError(NavarchError):
         self.retry_after = retry_after
         """Seconds the server asked the client to wait (``Retry-After``), if it did."""
 
+    @classmethod
+    def from_response(cls, status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
+        """What an API server's refusal says: the message of its ``Status`` body (or the start
+        of whatever else came back), and the delay a throttling or starting server asks for."""
+        return cls(status, _status_message(body), _retry_after(headers))
+
     @property
     def retriable(self) -> bool:
         return self.status is None or self.status in (409, 429) or self.status >= 500
+
+
+def _status_message(body: bytes) -> str:
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        return excerpt(body) or "no response body"
+    if isinstance(decoded, dict) and isinstance(decoded.get("message"), str):
+        return str(decoded["message"])
+    return excerpt(body)
+
+
+def excerpt(body: bytes) -> str:
+    """The start of a response body, for an error message."""
+    text = body.decode("utf-8", errors="replace").strip()
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "..."
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """``Retry-After`` in seconds; an HTTP date is not what the API server sends."""
+    try:
+        return max(0.0, float(headers.get("Retry-After", "")))
+    except ValueError:
+        return None

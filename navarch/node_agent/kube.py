@@ -28,7 +28,7 @@ from typing import Any
 
 import urllib3
 
-from navarch.errors import ApiError, ConfigError
+from navarch.errors import ApiError, ConfigError, excerpt
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 10.0
 _MERGE_PATCH = "application/merge-patch+json"
 _JSON = "application/json"
-_MAX_MESSAGE = 300
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -274,11 +273,11 @@ class KubeClient:
             response = self._send(method, path, payload, content_type)
         status, data = response.status, response.data
         if not 200 <= status < 300:
-            raise ApiError(status, _status_message(data), _retry_after(response))
+            raise ApiError.from_response(status, data, response.headers)
         try:
             decoded = json.loads(data) if data else {}
         except ValueError:
-            raise ApiError(status, f"response is not JSON: {_excerpt(data)}") from None
+            raise ApiError(status, f"response is not JSON: {excerpt(data)}") from None
         if not isinstance(decoded, dict):
             raise ApiError(status, f"expected a JSON object, got {type(decoded).__name__}")
         return decoded
@@ -299,27 +298,3 @@ class KubeClient:
         except urllib3.exceptions.HTTPError as e:
             raise ApiError(None, f"{method} {path}: {e}") from None
         return response
-
-
-def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
-    """The delay a throttling or starting API server asks for: seconds, in the header."""
-    try:
-        return max(0.0, float(response.headers.get("Retry-After", "")))
-    except ValueError:
-        return None
-
-
-def _status_message(data: bytes) -> str:
-    """The message of a ``Status`` error body, or the start of whatever else came back."""
-    try:
-        decoded = json.loads(data)
-    except ValueError:
-        return _excerpt(data) or "no response body"
-    if isinstance(decoded, dict) and isinstance(decoded.get("message"), str):
-        return str(decoded["message"])
-    return _excerpt(data)
-
-
-def _excerpt(data: bytes) -> str:
-    text = data.decode("utf-8", errors="replace").strip()
-    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
