@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 from datetime import timedelta
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             tls = serving.metrics_tls(
                 args.metrics_cert_file, args.metrics_key_file, insecure=args.metrics_insecure
             )
-        configuration = kube.load_configuration(args.kubeconfig)
+        # Read once here, so that unusable credentials stop the operator with one message.
+        kube.credentials(args.kubeconfig)
     except ConfigError as err:
         p.error(str(err))
     kopf.configure(
@@ -143,14 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         # kopf logs every handled watch event; at fleet scale that drowns Navarch's own log.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    if args.metrics_port:
-        try:
-            metrics.serve(args.metrics_port, tls, configuration)
-        except ConfigError as err:
-            p.error(str(err))
     runtime = handlers.Runtime(
-        configuration=configuration,
-        workers=args.workers,
+        kube=kube.Kube(functools.partial(kube.credentials, args.kubeconfig), args.workers),
         health=health.Health(timedelta(seconds=args.stall_timeout)),
     )
     metrics.RECONCILE_AGE.set_function(runtime.health.reconcile_age)
@@ -158,14 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # kopf stops by cancelling its tasks, this one's among them.
         with contextlib.suppress(asyncio.CancelledError):
-            asyncio.run(operate(runtime, args))
+            asyncio.run(operate(runtime, args, tls))
     except ConfigError as err:
         p.error(str(err))
     return 0
 
 
-async def operate(runtime: handlers.Runtime, args: argparse.Namespace) -> None:
-    """Serve the probes, and run kopf until it stops."""
+async def operate(
+    runtime: handlers.Runtime, args: argparse.Namespace, tls: serving.TlsFiles | None
+) -> None:
+    """Serve metrics and the probes, and run kopf until it stops."""
+    if args.metrics_port:
+        reviews = metrics.LoopReviews(runtime.kube.review, asyncio.get_running_loop())
+        metrics.serve(args.metrics_port, tls, reviews)
     runner = None
     if args.health_port:
         check = runtime.health

@@ -11,6 +11,9 @@ kopf retries every failed request forever, with capped backoff and jitter: by de
 up after nine tries, and a watch-stream that gives up on anything but a 429 ends for good
 while the operator keeps running. The probes (``health``) catch what retrying cannot.
 
+kopf logs in with the operator's own aiohttp session (``Kube.session``), so kopf's watches and
+the operator's calls share one HTTP stack and one connection pool.
+
 kopf itself writes nothing on our objects: there are no change-detecting handlers, so no
 progress or diff-base is stored, and were there any, it would go to ``navarch.dev/``
 annotations, never to ``status``. Its own Event posting is off; Navarch posts its own Events.
@@ -26,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
-from kubernetes import client
 
 from navarch import api
 from navarch.backoff import Forever
@@ -54,12 +56,10 @@ WATCHER_TASK = "watcher for "
 class Runtime:
     """What the handlers share; kopf hands it to every handler as ``memo``."""
 
-    configuration: client.Configuration
-    workers: int
+    kube: Kube
     health: Health = field(default_factory=Health)
     queue: WorkQueue = field(default_factory=WorkQueue)
     index: Index = field(init=False)
-    kube: Kube | None = None
     reconciler: Reconciler | None = None
     loop_task: asyncio.Task[None] | None = None
     scan_task: asyncio.Task[None] | None = None
@@ -122,30 +122,16 @@ def configure(settings: kopf.OperatorSettings) -> None:
 
 
 @kopf.on.login(registry=registry)
-def login(memo: Runtime, **_: Any) -> kopf.ConnectionInfo:
-    """Log kopf in with the same configuration as the operator's own client."""
-    c = memo.configuration
-    header = c.get_api_key_with_prefix("BearerToken") or c.get_api_key_with_prefix("authorization")
-    scheme, _space, token = (header or "").rpartition(" ")
-    return kopf.ConnectionInfo(
-        server=c.host,
-        ca_path=c.ssl_ca_cert,
-        insecure=not c.verify_ssl,
-        username=c.username or None,
-        password=c.password or None,
-        scheme=scheme or None,
-        token=token or None,
-        certificate_path=c.cert_file,
-        private_key_path=c.key_file,
-    )
+async def login(memo: Runtime, **_: Any) -> kopf.AiohttpSession | None:
+    """Hand kopf the operator's own session, so that the process has one HTTP stack and one
+    connection pool (async: the session belongs to the event loop)."""
+    return memo.kube.session()
 
 
 @kopf.on.startup(registry=registry)
 async def start(settings: kopf.OperatorSettings, memo: Runtime, **_: Any) -> None:
     """Configure kopf, read the cluster once, and start the reconcile loop."""
     configure(settings)
-    if memo.kube is None:
-        memo.kube = Kube(memo.configuration, memo.workers)
     if memo.reconciler is None:
         memo.reconciler = Reconciler(memo.index, memo.queue, memo.kube, health=memo.health)
     if memo.scan_task is None:
@@ -176,8 +162,7 @@ async def stop(memo: Runtime, **_: Any) -> None:
     if memo.reconciler is not None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(memo.reconciler.drain(), SHUTDOWN_GRACE)
-    if memo.kube is not None:
-        memo.kube.close()
+    await memo.kube.close()
 
 
 def feed(memo: Runtime, kind: str, event: kopf.RawEvent) -> None:

@@ -1,47 +1,61 @@
-"""The operator's Kubernetes API calls, off the event loop.
+"""The operator's Kubernetes API calls, on kopf's own HTTP stack.
 
-Calls run in a bounded thread pool, so writes for different nodes proceed side by side while
-the event loop keeps evaluating. Calls wait for a worker by priority: a taint or cordon goes
-before conditions and verdicts, which go before Events, so a burst of faults is kept out of the
-schedule first and reported second. Requests go straight to the client's connection pool as
-plain JSON: the operator works on the wire form, and the generated API methods (argument
-validation, model serialisation, header negotiation) cost more CPU than the HTTP exchange
-itself. Every failure becomes an :class:`~navarch.errors.ApiError` and is counted by verb and
-resource.
+One aiohttp session serves the whole process: kopf's watches run on it (the login handler
+hands it to kopf) and so do the operator's own calls, so there is one connection pool and one
+TLS setup, and no thread pool beside the event loop. The credentials come from kopf's loaders:
+the Pod's ServiceAccount, else the kubeconfig.
+
+Credentials are read again whenever they stop working. A call here that the API server
+answers 401 reads them again and, if they changed (the kubelet rotates ServiceAccount tokens
+about hourly), tries once more; kopf, when one of its requests is answered 401, closes the
+session and logs in again, which opens a new one with what is on disk then.
+
+Calls wait for a slot by priority: a taint or cordon goes before conditions and verdicts,
+which go before Events, so a burst of faults is kept out of the schedule first and reported
+second. Requests and answers are plain JSON: the operator works on the wire form. Every
+failure becomes an :class:`~navarch.errors.ApiError` and is counted by verb and resource.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import socket
 import uuid
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
-import urllib3
-from kubernetes import client, config
+import aiohttp
+import kopf
 
-from navarch import api
-from navarch.errors import ApiError, ConfigError
+from navarch import __version__, api
+from navarch.errors import ApiError, ConfigError, NavarchError
 from navarch.operator import metrics
 from navarch.operator.model import Event
 from navarch.wire import format_time
 
+JSON = "application/json"
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 COMPONENT = "navarch-operator"
+USER_AGENT = f"{COMPONENT}/{__version__}"
 EVENT_NAMESPACE = "default"
 """Events about cluster-scoped objects (Nodes, our resources) live here, as kubelet's do."""
 MAX_EVENT_MESSAGE = 1024
-REQUEST_TIMEOUT = urllib3.Timeout(connect=5, read=30)
-"""A hung call must not hold a worker."""
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30)
+"""A hung call must not hold a slot."""
+KEEPALIVE = 60.0
+"""Seconds an idle connection is kept: across the quiet between bursts of faults, so a burst
+does not wait for new TLS handshakes, and under the API server's own idle timeout (90 s)."""
+PARSE_OFF_LOOP = 1 << 20
+"""Answers larger than this (lists of the fleet) are parsed in a thread: parsing megabytes
+would hold the event loop, and with it the probes and kopf's watches, for tenths of a second."""
 
 URGENT, STATUS, REPORT = 0, 1, 2
 """Call priorities: Node quarantines and reads; conditions and verdicts; Events."""
@@ -126,43 +140,90 @@ class PriorityGate:
         self._running[priority] += 1
 
 
-def load_configuration(kubeconfig: str | None) -> client.Configuration:
-    """The client configuration: from ``kubeconfig`` if given, else in-cluster when running in
-    a Pod, else the default kubeconfig. Raises ConfigError with the loader's reason."""
-    configuration = client.Configuration()
-    if kubeconfig and not os.path.isfile(kubeconfig):
-        raise ConfigError("--kubeconfig", f"{kubeconfig} is not a file")
+def credentials(kubeconfig: str | None) -> kopf.ConnectionInfo:
+    """The operator's credentials, read by kopf's own loaders: from ``kubeconfig`` if given,
+    else the ServiceAccount's when running in a Pod, else ``$KUBECONFIG`` or ``~/.kube/config``.
+    Raises ConfigError with the loader's reason."""
+    settings = kopf.OperatorSettings()
+    host, port = (
+        os.environ.get("KUBERNETES_SERVICE_HOST"),
+        os.environ.get("KUBERNETES_SERVICE_PORT"),
+    )
     try:
-        if kubeconfig:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, client_configuration=configuration
-            )
-        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
+        if kubeconfig is None and host and port:
+            info = kopf.login_with_service_account(settings=settings)
+            if info is None:
+                raise ConfigError("cluster access", "no ServiceAccount token in this Pod")
+            # kopf names the API server by its DNS name; the environment has its address, as
+            # every in-cluster client uses it, so cluster DNS is not needed to reach it.
+            host = f"[{host}]" if ":" in host else host
+            info = dataclasses.replace(info, server=f"https://{host}:{port}")
         else:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
-    # The loaders raise whatever their YAML, file and base64 layers raise for a broken file;
-    # all of them mean the same: this is not a usable kubeconfig.
+            if kubeconfig is not None:
+                if not os.path.isfile(kubeconfig):
+                    raise ConfigError("--kubeconfig", f"{kubeconfig} is not a file")
+                # kopf's loader takes the path from the environment only.
+                os.environ["KUBECONFIG"] = kubeconfig
+            info = kopf.login_with_kubeconfig(settings=settings)
+            if info is None:
+                raise ConfigError(
+                    "--kubeconfig", "none given, not in a Pod, and no $KUBECONFIG or ~/.kube/config"
+                )
+            if not info.server:
+                raise ConfigError("--kubeconfig", "the current context's cluster has no server")
+        # Built once here so that unusable TLS material stops the operator at start.
+        info.as_ssl_context()
+    except NavarchError:
+        raise
+    # The loader raises whatever its YAML, file, base64 and TLS layers raise for a broken
+    # file; all of them mean the same: these are not usable credentials.
     except Exception as err:
         raise ConfigError("--kubeconfig", str(err) or type(err).__name__) from err
-    return configuration
+    return info
 
 
-class Kube:
-    def __init__(self, configuration: client.Configuration, workers: int) -> None:
-        configuration.connection_pool_maxsize = workers
-        self._configuration = configuration
-        self._client = client.ApiClient(configuration)
-        # The generated client's pool carries the TLS, proxy and retry settings of the
-        # configuration; the operator sends its own requests through it.
-        self._http: urllib3.PoolManager = self._client.rest_client.pool_manager
-        self._host = configuration.host.rstrip("/")
-        self._headers = {"Accept": "application/json", **self._client.default_headers}
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+class _SessionClosedError(Exception):
+    """The session was closed while a call was on it."""
+
+
+class KubeApi(Protocol):
+    """The API calls the reconcile loop makes: :class:`Kube`, and the unit tests' fake."""
+
+    available: bool
+    """Whether the API server answered the last call (any answer but 429 or 5xx)."""
+    on_availability: Callable[[bool], None] | None
+    """Called on the event loop after every call with what it showed of ``available``."""
+
+    async def check(self) -> None: ...
+
+    async def list(self, resource: str) -> tuple[list[dict[str, Any]], str | None]: ...
+
+    async def get_node(self, name: str) -> dict[str, Any]: ...
+
+    async def patch_node(self, name: str, patch: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def patch_node_status(self, name: str, patch: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def patch_status(
+        self, plural: str, name: str, patch: dict[str, Any], priority: int = STATUS
+    ) -> dict[str, Any]: ...
+
+    async def post_event(self, target: Target, event: Event, now: datetime) -> None: ...
+
+
+class Kube(KubeApi):
+    """The operator's client; see the module's description."""
+
+    def __init__(self, login: Callable[[], kopf.ConnectionInfo], workers: int) -> None:
+        """``login`` reads the credentials (``credentials``, bound to the operator's flags);
+        it is called again whenever they stop working."""
+        self._login = login
+        self._session: aiohttp.ClientSession | None = None
+        self._opened_with: kopf.ConnectionInfo | None = None
+        self._server = ""
+        self._authorization: dict[str, str] = {}
+        """Sent with every call here: the newest credentials, which a 401 may have renewed
+        since the session was opened."""
         self._gate = PriorityGate(
             workers,
             {URGENT: workers, STATUS: max(1, workers // 4), REPORT: max(1, workers // 16)},
@@ -170,36 +231,107 @@ class Kube:
         )
         self._instance = os.environ.get("POD_NAME") or socket.gethostname()
         self.available = True
-        """Whether the API server answered the last call (any answer but 429 or 5xx)."""
         self.on_availability: Callable[[bool], None] | None = None
-        """Called on the event loop after every call with what it showed of ``available``."""
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._client.close()  # type: ignore[no-untyped-call]
+    # --- the session -----------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, body: Any | None, content_type: str | None) -> Any:
-        headers = dict(self._headers)
-        # Asked for on every call: it runs the configuration's token refresh (in-cluster
-        # ServiceAccount tokens rotate).
-        token = self._configuration.auth_settings().get("BearerToken")
-        if token:
-            headers[token["key"]] = token["value"]
-        data = None
-        if body is not None:
-            headers["Content-Type"] = content_type or "application/json"
-            data = json.dumps(body)
+    def session(self) -> kopf.AiohttpSession | None:
+        """The session for kopf's login handler, opened if there is none (kopf closes the one
+        it holds when the API server refuses it). None, which stops kopf as its own login
+        does, when credentials read again are the same as those just refused."""
+        refused = self._session is not None and self._session.closed
+        before = self._opened_with
+        session = self._open()
+        if refused and self._opened_with == before:
+            return None
+        return kopf.AiohttpSession(server=self._server, aiohttp_session=session)
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is not None and not self._session.closed:
+            return self._session
         try:
-            response = self._http.request(
-                method, self._host + path, body=data, headers=headers, timeout=REQUEST_TIMEOUT
-            )
-        except (urllib3.exceptions.HTTPError, OSError) as err:
-            raise ApiError(None, str(err)) from err
-        if not 200 <= response.status < 300:
-            raise ApiError(response.status, _reason(response))
-        if not response.headers.get("Content-Type", "").startswith("application/json"):
+            info = self._login()
+            tls = info.as_ssl_context()
+        except (NavarchError, OSError, ValueError) as err:
+            raise ApiError(None, f"cannot read the credentials: {err}") from err
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ssl=tls, keepalive_timeout=KEEPALIVE),
+            headers={**info.as_http_headers(), "Accept": JSON, "User-Agent": USER_AGENT},
+            proxy=info.proxy_url,
+            trust_env=info.trust_env,
+        )
+        self._opened_with = info
+        self._server = info.server.rstrip("/")
+        self._authorization = info.as_http_headers()
+        return self._session
+
+    def _renewed(self) -> bool:
+        """Read the credentials again; whether they now say something else."""
+        try:
+            authorization = self._login().as_http_headers()
+        except (NavarchError, OSError, ValueError):
+            return False
+        if authorization == self._authorization:
+            return False
+        self._authorization = authorization
+        return True
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    # --- requests --------------------------------------------------------------------------
+
+    async def _request(
+        self, method: str, path: str, body: Any | None = None, content_type: str = JSON
+    ) -> Any:
+        data = None if body is None else json.dumps(body)
+        for attempt in (1, 2):
+            session = self._open()
+            try:
+                status, answer, headers = await self._exchange(
+                    session, method, path, data, content_type
+                )
+            except _SessionClosedError as err:
+                # kopf closed the session under this call, to log in again: once more, on a
+                # session opened with the credentials as they are now.
+                if attempt == 1:
+                    continue
+                raise ApiError(None, "the session closed under the call twice") from err
+            if status == 401 and attempt == 1 and self._renewed():
+                continue
+            break
+        if not 200 <= status < 300:
+            raise ApiError.from_response(status, answer, headers)
+        if not answer or not headers.get("Content-Type", "").startswith(JSON):
             return {}
-        return json.loads(response.data) if response.data else {}
+        if len(answer) > PARSE_OFF_LOOP:
+            return await asyncio.to_thread(json.loads, answer)
+        return json.loads(answer)
+
+    async def _exchange(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        data: str | None,
+        content_type: str,
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        headers = dict(self._authorization)
+        if data is not None:
+            headers["Content-Type"] = content_type
+        try:
+            async with session.request(
+                method, self._server + path, data=data, headers=headers, timeout=REQUEST_TIMEOUT
+            ) as response:
+                return response.status, await response.read(), response.headers
+        # aiohttp refuses a request on a closed session with RuntimeError.
+        except (aiohttp.ClientError, TimeoutError, OSError, RuntimeError) as err:
+            if session.closed:
+                raise _SessionClosedError from err
+            if isinstance(err, RuntimeError):
+                raise
+            raise ApiError(None, str(err) or type(err).__name__) from err
 
     async def _call(
         self,
@@ -209,14 +341,12 @@ class Kube:
         path: str,
         *,
         body: Any | None = None,
-        content_type: str | None = None,
+        content_type: str = JSON,
         priority: int = URGENT,
     ) -> Any:
         await self._gate.acquire(priority)
         try:
-            result = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._request, method, path, body, content_type
-            )
+            result = await self._request(method, path, body, content_type)
         except ApiError as err:
             metrics.API_ERRORS.labels(verb=verb, resource=resource, code=str(err.status)).inc()
             self._answered(not unavailable(err))
@@ -312,6 +442,16 @@ class Kube:
         path = f"/api/v1/namespaces/{EVENT_NAMESPACE}/events"
         await self._call("create", "events", "POST", path, body=body, priority=REPORT)
 
+    async def review(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a TokenReview or SubjectAccessReview and return the server's answer. Not
+        gated: a metrics scrape must not wait behind a burst of quarantines."""
+        resource = path.rsplit("/", 1)[-1]
+        try:
+            return dict(await self._request("POST", path, body))
+        except ApiError as err:
+            metrics.API_ERRORS.labels(verb="create", resource=resource, code=str(err.status)).inc()
+            raise
+
 
 @dataclass(frozen=True)
 class Target:
@@ -348,14 +488,6 @@ def _node(name: str) -> str:
 
 def _custom(plural: str) -> str:
     return f"/apis/{api.GROUP}/{api.VERSION}/{plural}"
-
-
-def _reason(response: urllib3.BaseHTTPResponse) -> str:
-    """The API server's message for a failed call (its Status object), else the HTTP reason."""
-    try:
-        return str(json.loads(response.data or b"").get("message") or response.reason)
-    except (ValueError, AttributeError):
-        return str(response.reason)
 
 
 def _clip(message: str) -> str:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-import urllib3
-from kubernetes import client
 from prometheus_client import REGISTRY, Counter, Enum, Gauge, Histogram
 
 from navarch.errors import ApiError
@@ -73,49 +72,34 @@ API_AVAILABLE = Gauge(
 )
 
 
-REVIEW_TIMEOUT = urllib3.Timeout(connect=5, read=4)
-"""A scrape may need two reviews within the 10 s Prometheus waits for it by default."""
+REVIEW_TIMEOUT = 4.0
+"""Seconds a review may take: a scrape may need two within the 10 s Prometheus waits for it by
+default."""
+
+Review = Callable[[str, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]
 
 
-class ApiReviews:
-    """Creates review objects with the operator's client configuration (kubeconfig or
-    in-cluster, with its token refresh), from the metrics server's threads."""
+class LoopReviews:
+    """Creates review objects with the operator's client, from the metrics server's threads:
+    each review runs on the event loop, where the client lives."""
 
-    def __init__(self, configuration: client.Configuration) -> None:
-        self._configuration = configuration
-        self._url = configuration.host.rstrip("/")
-        self._http: urllib3.PoolManager = client.ApiClient(configuration).rest_client.pool_manager
+    def __init__(self, review: Review, loop: asyncio.AbstractEventLoop) -> None:
+        self._review = review
+        self._loop = loop
 
     def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        # Asked for on every call: it runs the configuration's token refresh.
-        token = self._configuration.auth_settings().get("BearerToken")
-        if token:
-            headers[token["key"]] = str(token["value"])
+        future = asyncio.run_coroutine_threadsafe(self._review(path, body), self._loop)
         try:
-            response = self._http.request(
-                "POST",
-                self._url + path,
-                body=json.dumps(body),
-                headers=headers,
-                timeout=REVIEW_TIMEOUT,
-            )
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise ApiError(None, str(e)) from None
-        try:
-            answer = json.loads(response.data)
-        except ValueError:
-            answer = None
-        if not 200 <= response.status < 300 or not isinstance(answer, dict):
-            message = answer.get("message") if isinstance(answer, dict) else None
-            raise ApiError(response.status, str(message or response.reason))
-        return answer
+            return future.result(REVIEW_TIMEOUT)
+        except TimeoutError:
+            future.cancel()
+            raise ApiError(None, f"no answer to the review within {REVIEW_TIMEOUT:g}s") from None
 
 
-def serve(port: int, tls: TlsFiles | None, configuration: client.Configuration) -> None:
+def serve(port: int, tls: TlsFiles | None, reviews: LoopReviews) -> None:
     """Serve /metrics on ``port`` from a daemon thread, over HTTPS to authorised callers when
     ``tls`` is given. Raises ConfigError."""
     certificate = ServingCertificate(tls) if tls else None
-    auth = RequestAuth(ApiReviews(configuration)) if tls else None
+    auth = RequestAuth(reviews) if tls else None
     routes = {"/metrics": metrics_route(REGISTRY)}
     listen(port, routes, name="metrics", flag="--metrics-port", certificate=certificate, auth=auth)
