@@ -43,7 +43,7 @@ from navarch.errors import ApiError
 from navarch.operator import memory, metrics, policy_status, storm
 from navarch.operator.health import Health
 from navarch.operator.index import Index
-from navarch.operator.kube import REPORT, Kube, Target
+from navarch.operator.kube import REPORT, KubeApi, Target
 from navarch.operator.planner import Plan, plan
 from navarch.operator.verdict import Judgement, judge
 from navarch.operator.workqueue import WorkQueue
@@ -90,7 +90,7 @@ class Reconciler:
         self,
         index: Index,
         queue: WorkQueue,
-        kube: Kube,
+        kube: KubeApi,
         *,
         clock: Callable[[], datetime] = utcnow,
         health: Health | None = None,

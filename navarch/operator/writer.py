@@ -25,7 +25,7 @@ from navarch import api
 from navarch.errors import ApiError
 from navarch.operator import metrics
 from navarch.operator.index import Index
-from navarch.operator.kube import Kube, Target, unavailable
+from navarch.operator.kube import KubeApi, Target, unavailable
 from navarch.operator.planner import Plan
 from navarch.operator.workqueue import WorkQueue
 
@@ -37,7 +37,7 @@ NOT_FOUND = 404
 
 class Writer:
     def __init__(
-        self, kube: Kube, index: Index, queue: WorkQueue, clock: Callable[[], datetime]
+        self, kube: KubeApi, index: Index, queue: WorkQueue, clock: Callable[[], datetime]
     ) -> None:
         self.kube = kube
         self.index = index

@@ -18,9 +18,8 @@ from navarch.operator import reconciler as reconciler_module
 from navarch.operator.index import Index
 from navarch.operator.reconciler import Reconciler
 from navarch.operator.workqueue import WorkQueue
+from navarch.testing.fake_kube import FakeKube
 from navarch.wire import format_time
-
-from .fake_kube import FakeKube
 
 START = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 SELECTED = {"pool": "gpu"}
