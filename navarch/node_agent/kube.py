@@ -1,15 +1,18 @@
-"""The agent's small Kubernetes REST client: credentials, then get, create and merge-patch.
+"""The agent's small Kubernetes REST client: credentials, then get, create, merge-patch, watch.
 
 The agent runs on every GPU node and must stay under ~50 MiB resident. Importing the
 ``kubernetes`` package alone costs about 34 MiB of RSS (CPython 3.11, x86-64: 11 MiB for a bare
 interpreter, 45 MiB after ``import kubernetes.client``), while urllib3, which it is built on,
 costs about 12 MiB and brings the TLS stack the agent needs anyway. So this module speaks the
-three REST calls the agent makes directly over urllib3.
+REST calls the agent (and the simulator's taint watch) makes directly over urllib3.
 
 Credentials come from a kubeconfig (server, CA file or data, client certificate and key as files
 or data, bearer token or token file) or from the in-cluster ServiceAccount. Token files are
 re-read whenever they change, because bound ServiceAccount tokens are rotated by the kubelet
-about hourly and an agent that kept the first one would be locked out after it expires.
+about hourly and an agent that kept the first one would be locked out after it expires. No
+library loads them cheaply enough: on top of the agent's own imports (39.5 MiB),
+``kubernetes.config`` adds 9.0 MiB (it imports the whole generated client), lightkube 6.6 MiB
+and pykube-ng 5.9 MiB (each with its own HTTP stack, httpx or requests), kr8s 23 MiB.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import ssl
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,6 +259,31 @@ class KubeClient:
     def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._request("PATCH", path, body, _MERGE_PATCH)
 
+    def watch(self, path: str) -> Iterator[dict[str, Any]]:
+        """The events of a watch of ``path`` (which asks for ``watch=true``) as they arrive,
+        until the server ends it. An ``ERROR`` event (410 Gone: the version is too old) and a
+        broken stream are ApiErrors."""
+        response = self._send("GET", path, None, None, stream=True)
+        try:
+            if response.status != 200:
+                raise ApiError.from_response(response.status, response.read(), response.headers)
+            pending = b""
+            for chunk in response.stream(decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise ApiError(status.get("code"), status.get("message") or "watch error")
+                    yield event
+        except urllib3.exceptions.HTTPError as e:
+            raise ApiError(None, f"watch {path}: {e}") from None
+        finally:
+            response.release_conn()
+
     def close(self) -> None:
         self._pool.clear()
 
@@ -283,7 +312,13 @@ class KubeClient:
         return decoded
 
     def _send(
-        self, method: str, path: str, payload: bytes | None, content_type: str | None
+        self,
+        method: str,
+        path: str,
+        payload: bytes | None,
+        content_type: str | None,
+        *,
+        stream: bool = False,
     ) -> urllib3.BaseHTTPResponse:
         headers = {"Accept": _JSON, "User-Agent": "navarch-agent"}
         token = self._tokens.current()
@@ -293,7 +328,12 @@ class KubeClient:
             headers["Content-Type"] = content_type
         try:
             response = self._pool.request(
-                method, self._server + path, body=payload, headers=headers, redirect=False
+                method,
+                self._server + path,
+                body=payload,
+                headers=headers,
+                redirect=False,
+                preload_content=not stream,
             )
         except urllib3.exceptions.HTTPError as e:
             raise ApiError(None, f"{method} {path}: {e}") from None

@@ -9,19 +9,16 @@ notes any node that ever carried Navarch's taint twice.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
-
-import urllib3
 
 from navarch.backoff import Backoff
 from navarch.errors import ApiError
-from navarch.node_agent.kube import Credentials, TokenSource, connection_pool
+from navarch.node_agent.kube import Credentials, KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +43,9 @@ class TaintObserver:
         key: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._server = credentials.server
-        self._tokens = TokenSource(credentials.token, credentials.token_file)
-        # Two connections: a list after a broken watch may start before the watch's is back.
-        self._pool = connection_pool(credentials, CONNECT_TIMEOUT, WATCH_SECONDS + 30, 2)
+        self._client = KubeClient(
+            credentials, connect_timeout=CONNECT_TIMEOUT, read_timeout=WATCH_SECONDS + 30
+        )
         self._selector = selector
         self._key = key
         self._clock = clock
@@ -80,19 +76,10 @@ class TaintObserver:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=WATCH_SECONDS + 5)
-        self._pool.clear()
-
-    def _get(self, query: dict[str, str], *, stream: bool) -> urllib3.BaseHTTPResponse:
-        token = self._tokens.current()
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        url = f"{self._server}/api/v1/nodes?{urllib.parse.urlencode(query)}"
-        response = self._pool.request("GET", url, headers=headers, preload_content=not stream)
-        if response.status != 200:
-            raise ValueError(f"GET nodes: HTTP {response.status}")
-        return response
+        self._client.close()
 
     def _list(self) -> str:
-        body = json.loads(self._get({"labelSelector": self._selector}, stream=False).data)
+        body = self._client.get(_nodes({"labelSelector": self._selector}))
         seen = self._clock()
         for node in body.get("items") or []:
             self._see(node, seen)
@@ -104,14 +91,14 @@ class TaintObserver:
         while not self._stop.is_set():
             try:
                 version = self._watch(version)
-            except (urllib3.exceptions.HTTPError, OSError, ValueError, ApiError) as err:
+            except (ValueError, ApiError) as err:
                 # 410 Gone or a dropped connection: start again from a fresh list.
                 self.watch_errors += 1
                 log.info("node watch ended (%s); listing again", err)
                 time.sleep(backoff.next_delay())
                 try:
                     version = self._list()
-                except (urllib3.exceptions.HTTPError, OSError, ValueError, ApiError) as again:
+                except (ValueError, ApiError) as again:
                     log.warning("cannot list nodes: %s", again)
                 else:
                     backoff.reset()
@@ -124,23 +111,16 @@ class TaintObserver:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(WATCH_SECONDS),
         }
-        stream = self._get(query, stream=True)
-        try:
-            for line in _lines(stream):
-                seen = self._clock()
-                event = json.loads(line)
-                if event.get("type") == "ERROR":
-                    raise ValueError(event.get("object", {}).get("message", "watch error"))
-                obj = event["object"]
-                version = obj["metadata"]["resourceVersion"]
-                if event.get("type") == "DELETED":
-                    self._forget(obj["metadata"]["name"], seen)
-                elif event.get("type") != "BOOKMARK":
-                    self._see(obj, seen)
-                if self._stop.is_set():
-                    break
-        finally:
-            stream.release_conn()
+        for event in self._client.watch(_nodes(query)):
+            seen = self._clock()
+            obj = event["object"]
+            version = obj["metadata"]["resourceVersion"]
+            if event.get("type") == "DELETED":
+                self._forget(obj["metadata"]["name"], seen)
+            elif event.get("type") != "BOOKMARK":
+                self._see(obj, seen)
+            if self._stop.is_set():
+                break
         return version
 
     def _see(self, node: Mapping[str, Any], at: float) -> None:
@@ -177,10 +157,5 @@ class TaintObserver:
             return self._tainted.get(name, False)
 
 
-def _lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
-    """The newline-separated JSON events of a watch, as they arrive."""
-    pending = b""
-    for chunk in response.stream(decode_content=True):
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        yield from (line for line in complete if line.strip())
+def _nodes(query: Mapping[str, str]) -> str:
+    return f"/api/v1/nodes?{urllib.parse.urlencode(query)}"

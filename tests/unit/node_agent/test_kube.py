@@ -369,6 +369,45 @@ def test_a_401_re_reads_the_token_file_and_tries_once_more(
     ]
 
 
+def watch_lines(*events: dict[str, Any]) -> bytes:
+    return b"".join(json.dumps(event).encode() + b"\n" for event in events)
+
+
+def test_a_watch_yields_each_event_until_the_server_ends_it(fake_api: FakeApi) -> None:
+    added = {"type": "ADDED", "object": {"metadata": {"name": "n1", "resourceVersion": "7"}}}
+    bookmark = {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}}
+    fake_api.replies = [Reply(200, watch_lines(added, bookmark) + b"\n")]
+    client = KubeClient(Credentials(server=fake_api.url, token="t0ken"))
+
+    events = list(client.watch("/api/v1/nodes?watch=true&resourceVersion=5"))
+
+    assert events == [added, bookmark]
+    (request,) = fake_api.requests
+    assert request["path"] == "/api/v1/nodes?watch=true&resourceVersion=5"
+    assert request["headers"]["Authorization"] == "Bearer t0ken"
+
+
+def test_a_watch_from_a_version_too_old_is_an_api_error_gone(fake_api: FakeApi) -> None:
+    gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}}
+    fake_api.replies = [Reply(200, watch_lines(gone))]
+    client = KubeClient(Credentials(server=fake_api.url))
+
+    with pytest.raises(ApiError) as caught:
+        list(client.watch("/api/v1/nodes?watch=true&resourceVersion=1"))
+
+    assert (caught.value.status, caught.value.message) == (410, "too old")
+
+
+def test_a_refused_watch_is_an_api_error(fake_api: FakeApi) -> None:
+    fake_api.replies = [Reply(403, status_body(403, "nodes is forbidden"))]
+    client = KubeClient(Credentials(server=fake_api.url))
+
+    with pytest.raises(ApiError) as caught:
+        list(client.watch("/api/v1/nodes?watch=true"))
+
+    assert (caught.value.status, caught.value.message) == (403, "nodes is forbidden")
+
+
 def test_tls_with_the_clusters_ca_and_a_client_certificate_from_data(tmp_path: Path) -> None:
     pki = Pki(tmp_path)
     pki.write()
