@@ -32,7 +32,14 @@ from navarch.testing.controlplane import ControlPlane, free_port
 
 from . import stuck_operator
 from .cluster import Cluster, eventually
-from .operator_env import OperatorProcess, World, healthy_status, stamp, xid
+from .operator_env import (
+    OperatorProcess,
+    World,
+    healthy_status,
+    running_operator,
+    stamp,
+    xid,
+)
 
 ACT_WITHIN = 30.0
 """Seconds from the API server answering again to each change being acted on."""
@@ -59,13 +66,11 @@ def cluster(plane: ControlPlane) -> Cluster:
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(cluster.kubeconfig, tmp_path / "operator.log")
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        print(f"--- navarch-operator log ---\n{process.log()}")
+    with running_operator(cluster, tmp_path) as process:
+        try:
+            yield process
+        finally:
+            print(f"--- navarch-operator log ---\n{process.log()}")
 
 
 @pytest.fixture
