@@ -140,7 +140,7 @@ async def start(settings: kopf.OperatorSettings, memo: Runtime, **_: Any) -> Non
     # The index starts complete, so the first pass never mistakes a policy or Node that has
     # not been delivered yet for one that does not exist.
     try:
-        await memo.reconciler.resync()
+        await memo.reconciler.lister.resync()
     except ApiError as err:
         problem = f"cannot list the cluster: {err}"
         raise kopf.TemporaryError(problem, delay=LIST_RETRY_DELAY) from err
@@ -161,14 +161,14 @@ async def stop(memo: Runtime, **_: Any) -> None:
                 await task
     if memo.reconciler is not None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(memo.reconciler.drain(), SHUTDOWN_GRACE)
+            await asyncio.wait_for(memo.reconciler.settle(), SHUTDOWN_GRACE)
     await memo.kube.close()
 
 
 def feed(memo: Runtime, kind: str, event: kopf.RawEvent) -> None:
     event_type = event.get("type")
     if event_type is None and memo.reconciler is not None:
-        memo.reconciler.relisted(kind)
+        memo.reconciler.lister.relisted(kind)
     memo.index.feed(kind, event_type, event["object"])
 
 

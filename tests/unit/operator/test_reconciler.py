@@ -99,7 +99,7 @@ class World:
     async def settle(self, passes: int = 5) -> None:
         for _ in range(passes):
             await self.reconciler.reconcile()
-            await self.reconciler.drain()
+            await self.reconciler.settle()
 
     def verdict(self, name: str) -> dict[str, Any]:
         return dict(self.kube.healths[name]["status"].get("verdict") or {})
@@ -147,7 +147,7 @@ async def test_storm_admission_holds_the_cap_while_writes_overlap() -> None:
         w.report(names[i], xid79(START - timedelta(minutes=i)))
         await w.reconciler.reconcile()
         await asyncio.sleep(0.005)
-    await w.reconciler.drain()
+    await w.reconciler.settle()
     await w.settle()
     assert most <= 2
     held = {n for n in names if w.verdict(n).get("action") == "Held"}
@@ -189,7 +189,7 @@ async def test_a_conflict_rereads_the_node_and_plans_again() -> None:
     w.node("gpu-1", xid79(START))
     w.kube.fail[("patch", "nodes")] = ApiError(409, "the object has been modified")
     await w.reconciler.reconcile()
-    await w.reconciler.drain()
+    await w.reconciler.settle()
     assert ("get", "nodes") in w.kube.calls
     assert "verdict" not in w.kube.healths["gpu-1"]["status"]
     await w.settle()
@@ -268,7 +268,7 @@ async def test_a_resync_forgets_a_policy_deleted_while_the_watch_was_away() -> N
     w.node("gpu-1", xid79(START))
     await w.settle()
     del w.kube.policies["p"]
-    await w.reconciler.resync()
+    await w.reconciler.lister.resync()
     await w.settle()
     assert w.index.policies == {}
     assert [p.name for p in w.index.in_force()] == ["default"]
@@ -404,13 +404,13 @@ async def test_a_kind_kopf_lists_again_is_listed_again_to_learn_its_deletions() 
     await w.settle()
     del w.kube.nodes["gpu-2"]
 
-    w.reconciler.relisted("node")
+    w.reconciler.lister.relisted("node")
     await w.settle()
     assert "gpu-2" in w.index.nodes, "kopf's first listing follows the operator's own"
 
     w.clock.advance(60)
     calls = len(w.kube.calls)
-    w.reconciler.relisted("node")
+    w.reconciler.lister.relisted("node")
     w.clock.advance(1)
     await w.settle()
     assert w.kube.calls[calls:].count(("list", "nodes")) == 1
@@ -425,7 +425,7 @@ async def test_every_pass_and_write_reports_progress() -> None:
     w.kube.delay = 0.01
     await w.reconciler.reconcile()
     assert w.reconciler.health.busy_since() == ("gpu-1", START)
-    await w.reconciler.drain()
+    await w.reconciler.settle()
     assert w.reconciler.health.busy_since() is None
 
 

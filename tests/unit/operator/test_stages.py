@@ -22,6 +22,7 @@ STAGES = [
     ["index"],
     ["writer"],
     ["policy_status"],
+    ["lister", "reporter"],
     ["reconciler"],
 ]
 RANK = {module: rank for rank, modules in enumerate(STAGES) for module in modules}
