@@ -17,6 +17,7 @@ from typing import Annotated, Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from navarch.gpu import GPU_RESOURCE
 from navarch.wire import camel, format_time, parse_time
 
 GROUP = "navarch.dev"
@@ -36,6 +37,9 @@ APPLIED_TAINT_ANNOTATION = f"{GROUP}/applied-taint"
 APPLIED_CORDON_ANNOTATION = f"{GROUP}/applied-cordon"
 APPLIED_AT_ANNOTATION = f"{GROUP}/applied-at"
 APPLIED_REASON_ANNOTATION = f"{GROUP}/applied-reason"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+PART_OF = "navarch"
+"""Navarch's own pods carry ``PART_OF_LABEL: PART_OF``; a drain never evicts them."""
 
 MAX_XIDS = 64
 """Upper bound on ``status.xids``: a flood of one XID must not grow the object without bound."""
@@ -67,6 +71,30 @@ class TaintEffect(enum.StrEnum):
     NO_SCHEDULE = "NoSchedule"
     NO_EXECUTE = "NoExecute"
     NONE = "None"
+
+
+class DrainPods(enum.StrEnum):
+    ALL = "All"
+    GPU_PODS = "GpuPods"
+
+
+class DrainTimeoutAction(enum.StrEnum):
+    BLOCK = "Block"
+    DELETE = "Delete"
+
+
+class UnmanagedPods(enum.StrEnum):
+    LEAVE = "Leave"
+    EVICT = "Evict"
+
+
+class DrainPhase(enum.StrEnum):
+    PENDING = "Pending"
+    DRAINING = "Draining"
+    BLOCKED = "Blocked"
+    DRAINED = "Drained"
+    TIMED_OUT = "TimedOut"
+    DRY_RUN = "DryRun"
 
 
 class XidSource(enum.StrEnum):
@@ -112,6 +140,14 @@ class Reason(enum.StrEnum):
     XID_RECORDED = "XidRecorded"
     NOT_GOVERNED = "NotGoverned"
     NODE_NOT_FOUND = "NodeNotFound"
+    DRAIN_STARTED = "DrainStarted"
+    DRAIN_BLOCKED = "DrainBlocked"
+    DRAINED = "Drained"
+    DRAIN_TIMED_OUT = "DrainTimedOut"
+    DRAIN_STOPPED = "DrainStopped"
+    POD_EVICTED = "PodEvicted"
+    POD_DELETED = "PodDeleted"
+    PODS_LEFT = "PodsLeft"
 
 
 class Owner(enum.StrEnum):
@@ -438,6 +474,54 @@ def set_condition(
     return [stamped if c.type == condition.type else c for c in conditions]
 
 
+MAX_DRAIN_PODS = 20
+"""Upper bound on ``status.drain.pods``: the count says how many, the list names a few."""
+
+
+class DrainStatus(Model):
+    """How far moving the workloads off the quarantined node has come."""
+
+    phase: DrainPhase = Field(
+        description="Pending (waiting for a drain slot), Draining, Blocked (a disruption "
+        "budget refuses every eviction left), Drained, TimedOut (pods left after the "
+        "timeout), DryRun (the policy is a dry run: pods lists what would be evicted).",
+        strict=False,
+    )
+    action: str = Field(
+        description="Which of the policy's actions asked for the drain: degraded, unhealthy "
+        "or stale."
+    )
+    policy: str | None = Field(None, description="The GpuHealthPolicy that drains the node.")
+    start_time: Time | None = Field(None, description="When draining began.")
+    end_time: Time | None = Field(None, description="When it ended: Drained or TimedOut.")
+    pods_left: int = Field(
+        0, description="Pods the drain still has to move off the node, terminating ones too.", ge=0
+    )
+    pods: list[str] = Field(
+        default_factory=list,
+        description="namespace/name of pods left (at most 20), or in a dry run the pods that "
+        "would be evicted.",
+        max_length=MAX_DRAIN_PODS,
+    )
+    evicted: int = Field(0, description="Pods evicted by this drain.", ge=0)
+    deleted: int = Field(
+        0, description="Pods deleted at the timeout, when the policy says so.", ge=0
+    )
+    left_alone: int = Field(
+        0,
+        description="Pods on the node the drain leaves in place: not GPU pods in GpuPods mode, "
+        "excluded, or owned by no controller (DaemonSet, mirror and Navarch's own pods are "
+        "not counted).",
+        ge=0,
+    )
+    blocked_by: list[str] = Field(
+        default_factory=list,
+        description="namespace/name of the PodDisruptionBudgets that refused the last evictions.",
+        max_length=MAX_DRAIN_PODS,
+    )
+    message: str | None = Field(None, description="Human-readable summary.")
+
+
 class GpuNodeHealthSpec(Model):
     """Identifies the node this object describes."""
 
@@ -483,6 +567,11 @@ class GpuNodeHealthStatus(Model):
     )
     conditions: Annotated[Conditions, Owner.OPERATOR] = Field(
         default_factory=list, description="Conditions (operator-owned)."
+    )
+    drain: Annotated[DrainStatus | None, Owner.OPERATOR] = Field(
+        None,
+        description="The drain of the quarantined node's workloads, while the quarantine "
+        "lasts (operator-owned).",
     )
 
 
@@ -531,6 +620,57 @@ class PolicyRule(Model):
     )
 
 
+class LabelSelector(Model):
+    """Selects Nodes by label."""
+
+    match_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels a Node must carry, all of them."
+    )
+
+
+class DrainSpec(Model):
+    """Moving workloads off a quarantined node through the Eviction API, which honours
+    PodDisruptionBudgets. DaemonSet pods, mirror pods, Navarch's own pods and pods already
+    terminating are always left alone; finished pods are ignored."""
+
+    pods: DrainPods = Field(
+        DrainPods.GPU_PODS,
+        description="All: every pod; GpuPods: only pods that request a GPU resource "
+        "(gpuResources).",
+        strict=False,
+    )
+    gpu_resources: list[str] = Field(
+        default_factory=lambda: [GPU_RESOURCE],
+        description="Extended resources that make a pod a GPU pod in GpuPods mode.",
+    )
+    timeout: Duration = Field(
+        "30m",
+        description="How long the drain may take before onTimeout applies.",
+    )
+    grace_period: Duration | None = Field(
+        None,
+        description="Grace period given to each evicted pod; the pod's own when absent.",
+    )
+    exclude_namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces whose pods are left alone."
+    )
+    exclude_pod_selector: LabelSelector | None = Field(
+        None, description="Pods with these labels are left alone."
+    )
+    on_timeout: DrainTimeoutAction = Field(
+        DrainTimeoutAction.BLOCK,
+        description="Block: stop, leave the pods and report TimedOut; Delete: delete the pods "
+        "left, whatever their disruption budgets say.",
+        strict=False,
+    )
+    unmanaged_pods: UnmanagedPods = Field(
+        UnmanagedPods.LEAVE,
+        description="Pods no controller owns, which nothing recreates: Leave them and warn "
+        "(as kubectl drain without --force), or Evict them.",
+        strict=False,
+    )
+
+
 class ActionSpec(Model):
     """What to do to a node of one severity."""
 
@@ -538,6 +678,11 @@ class ActionSpec(Model):
         TaintEffect.NO_SCHEDULE, description="Taint effect to add, or None.", strict=False
     )
     cordon: bool = Field(False, description="Whether to cordon the node as well.")
+    drain: DrainSpec | None = Field(
+        None,
+        description="Evict the node's workloads once it is quarantined; needs a taint or a "
+        "cordon, or evicted pods come back. No drain when absent.",
+    )
 
 
 class Actions(Model):
@@ -573,11 +718,16 @@ class XidPolicy(Model):
     )
 
 
-class LabelSelector(Model):
-    """Selects Nodes by label."""
+class DrainLimits(Model):
+    """Limits on the drains of one policy."""
 
-    match_labels: dict[str, str] = Field(
-        default_factory=dict, description="Labels a Node must carry, all of them."
+    max_nodes: IntOrString = Field(
+        "10%",
+        description="At most this many (or this percent, rounded up) of governed nodes drain at "
+        "once; others wait in phase Pending. At least one.",
+    )
+    evictions_per_second: float = Field(
+        10.0, description="Evictions and deletions per second across the policy's drains.", ge=0.1
     )
 
 
@@ -608,7 +758,12 @@ class GpuHealthPolicySpec(Model):
         description="Storm protection: at most this many (or this percent, e.g. 10%) of governed "
         "nodes are quarantined at once.",
     )
-    dry_run: bool = Field(False, description="Decide and report, but touch no Node.")
+    dry_run: bool = Field(
+        False, description="Decide and report, but touch no Node and evict no pod."
+    )
+    drain_limits: DrainLimits | None = Field(
+        None, description="How much draining this policy does at once."
+    )
 
 
 class PolicyCounts(Model):

@@ -163,6 +163,7 @@ def gpu_node_health_crd() -> dict[str, Any]:
         column("Health", ".status.verdict.health"),
         column("Action", ".status.verdict.action"),
         column("Reason", ".status.verdict.reason"),
+        column("Drain", ".status.drain.phase"),
         column("Last XID", ".status.lastXid"),
         column("Heartbeat", ".status.lastHeartbeatTime", "date"),
         column("Age", ".metadata.creationTimestamp", "date"),

@@ -53,33 +53,61 @@ class NvmlUnavailableError(NavarchError):
 class ApiError(NavarchError):
     """The Kubernetes API answered with an error status or could not be reached."""
 
-    def __init__(self, status: int | None, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int | None,
+        message: str,
+        retry_after: float | None = None,
+        causes: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         prefix = f"HTTP {status}" if status is not None else "unreachable"
         super().__init__(f"Kubernetes API {prefix}: {message}")
         self.status = status
         self.message = message
         self.retry_after = retry_after
         """Seconds the server asked the client to wait (``Retry-After``), if it did."""
+        self.causes = causes
+        """``(reason, message)`` of each cause in the Status's details, e.g. the disruption
+        budget behind a refused eviction."""
 
     @classmethod
     def from_response(cls, status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
         """What an API server's refusal says: the message of its ``Status`` body (or the start
-        of whatever else came back), and the delay a throttling or starting server asks for."""
-        return cls(status, _status_message(body), _retry_after(headers))
+        of whatever else came back), its causes, and the delay a throttling or starting server
+        asks for."""
+        message, causes = _status(body)
+        return cls(status, message, _retry_after(headers), causes)
+
+    @property
+    def disruption_budget(self) -> bool:
+        """Whether this is an eviction refused by a PodDisruptionBudget: a 429 that says
+        nothing about the API server's own load."""
+        return self.status == 429 and any(r == DISRUPTION_BUDGET for r, _ in self.causes)
 
     @property
     def retriable(self) -> bool:
         return self.status is None or self.status in (409, 429) or self.status >= 500
 
 
-def _status_message(body: bytes) -> str:
+DISRUPTION_BUDGET = "DisruptionBudget"
+"""The cause the Eviction API gives when a PodDisruptionBudget refuses an eviction."""
+
+
+def _status(body: bytes) -> tuple[str, tuple[tuple[str, str], ...]]:
     try:
         decoded = json.loads(body)
     except ValueError:
-        return excerpt(body) or "no response body"
-    if isinstance(decoded, dict) and isinstance(decoded.get("message"), str):
-        return str(decoded["message"])
-    return excerpt(body)
+        return excerpt(body) or "no response body", ()
+    if not isinstance(decoded, dict) or not isinstance(decoded.get("message"), str):
+        return excerpt(body), ()
+    details = decoded.get("details")
+    found = details.get("causes") if isinstance(details, dict) else None
+    causes = tuple(
+        (str(c.get("reason", "")), str(c.get("message", "")))
+        for c in (found if isinstance(found, list) else [])
+        if isinstance(c, dict)
+    )
+    return str(decoded["message"]), causes
 
 
 def excerpt(body: bytes) -> str:

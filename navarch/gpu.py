@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from navarch.api import GpuStatus, XidRecord
 from navarch.pci import normalize_pci_bus_id
+
+if TYPE_CHECKING:
+    # Types only: the API's models name the GPU resource defined here.
+    from navarch.api import GpuStatus, XidRecord
 
 GPU_RESOURCE = "nvidia.com/gpu"
 """The extended resource NVIDIA's device plugin advertises: one per schedulable GPU."""

@@ -161,7 +161,7 @@ async def stop(memo: Runtime, **_: Any) -> None:
                 await task
     if memo.reconciler is not None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(memo.reconciler.settle(), SHUTDOWN_GRACE)
+            await asyncio.wait_for(memo.reconciler.stop(), SHUTDOWN_GRACE)
     await memo.kube.close()
 
 

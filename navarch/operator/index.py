@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from navarch.operator.model import HealthView, NodeView
+from navarch import api
+from navarch.operator.model import HealthView, NodeView, stored_drain
 from navarch.operator.policy import (
     CompiledPolicy,
     compile_generation,
@@ -57,17 +58,24 @@ class HealthEntry:
     resource_version: str | None
     annotations: Mapping[str, str]
     status_json: bytes
+    drain: api.DrainStatus | None = None
+    """The drain as recorded; None when there is none or it was edited out of shape."""
+    drain_recorded: bool = False
+    """Whether the status has a ``drain`` at all, readable or not."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> HealthEntry:
         metadata = body.get("metadata") or {}
+        status = body.get("status") or {}
         return cls(
             name=metadata["name"],
             uid=metadata.get("uid", ""),
             generation=metadata.get("generation"),
             resource_version=metadata.get("resourceVersion"),
             annotations=dict(metadata.get("annotations") or {}),
-            status_json=json.dumps(body.get("status") or {}, separators=(",", ":")).encode(),
+            status_json=json.dumps(status, separators=(",", ":")).encode(),
+            drain=stored_drain(status),
+            drain_recorded=status.get("drain") is not None,
         )
 
     def view(self) -> HealthView:
@@ -98,6 +106,8 @@ class Index:
         self.policies: dict[str, PolicyEntry] = {}
         self.quarantined: set[str] = set()
         """Nodes on which Navarch holds a quarantine, as last observed."""
+        self.drained: set[str] = set()
+        """GpuNodeHealths whose status records a drain."""
         self._governors: dict[str, str | None] = {}
         self._in_force: dict[str, CompiledPolicy] | None = None
         self._members: dict[str, set[str]] | None = None
@@ -132,9 +142,14 @@ class Index:
         if old is not None and not newer(entry.resource_version, old.resource_version):
             return
         self.healths[entry.name] = entry
+        if entry.drain_recorded:
+            self.drained.add(entry.name)
+        else:
+            self.drained.discard(entry.name)
         self.queue.mark(entry.name)
 
     def forget_health(self, name: str) -> None:
+        self.drained.discard(name)
         if self.healths.pop(name, None) is not None:
             self.queue.mark(name)
 

@@ -25,7 +25,7 @@ import os
 import socket
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -209,6 +209,12 @@ class KubeApi(Protocol):
     ) -> dict[str, Any]: ...
 
     async def post_event(self, target: Target, event: Event, now: datetime) -> None: ...
+
+    async def list_pods(self, node: str) -> Sequence[dict[str, Any]]: ...
+
+    async def evict(self, namespace: str, name: str, uid: str, grace: int | None) -> None: ...
+
+    async def delete_pod(self, namespace: str, name: str, uid: str, grace: int | None) -> None: ...
 
 
 class Kube(KubeApi):
@@ -442,6 +448,41 @@ class Kube(KubeApi):
         path = f"/api/v1/namespaces/{EVENT_NAMESPACE}/events"
         await self._call("create", "events", "POST", path, body=body, priority=REPORT)
 
+    # --- drains ----------------------------------------------------------------------------
+
+    async def list_pods(self, node: str) -> Sequence[dict[str, Any]]:
+        """The pods bound to ``node``, by field selector: the operator keeps no cache of the
+        cluster's pods, and a drain needs only the node's."""
+        selector = quote(f"spec.nodeName={node}", safe="")
+        body = await self._call(
+            "list", "pods", "GET", f"/api/v1/pods?fieldSelector={selector}", priority=STATUS
+        )
+        return list(body.get("items") or [])
+
+    async def evict(self, namespace: str, name: str, uid: str, grace: int | None) -> None:
+        """Evict one pod (policy/v1 Eviction). The uid precondition keeps a pod recreated under
+        the same name, which the drain has not looked at, from being evicted in its place."""
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+            "deleteOptions": _delete_options(uid, grace),
+        }
+        await self._call(
+            "create",
+            "pods/eviction",
+            "POST",
+            _pod(namespace, name) + "/eviction",
+            body=body,
+            priority=STATUS,
+        )
+
+    async def delete_pod(self, namespace: str, name: str, uid: str, grace: int | None) -> None:
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", **_delete_options(uid, grace)}
+        await self._call(
+            "delete", "pods", "DELETE", _pod(namespace, name), body=body, priority=STATUS
+        )
+
     async def review(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create a TokenReview or SubjectAccessReview and return the server's answer. Not
         gated: a metrics scrape must not wait behind a burst of quarantines."""
@@ -479,11 +520,24 @@ def unavailable(err: ApiError) -> bool:
     """Whether a failed call means the API server is not serving: unreachable, throttling
     (a starting server answers 429 while its storage initialises) or failing (5xx: a server
     without etcd answers 500 or 504)."""
+    if err.disruption_budget:
+        return False
     return err.status is None or err.status == 429 or err.status >= 500
 
 
 def _node(name: str) -> str:
     return f"/api/v1/nodes/{quote(name, safe='')}"
+
+
+def _pod(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}"
+
+
+def _delete_options(uid: str, grace: int | None) -> dict[str, Any]:
+    options: dict[str, Any] = {"preconditions": {"uid": uid}}
+    if grace is not None:
+        options["gracePeriodSeconds"] = grace
+    return options
 
 
 def _custom(plural: str) -> str:

@@ -70,6 +70,30 @@ API_AVAILABLE = Gauge(
     "1 while the API server answers the operator's calls, 0 from a call that found it "
     "unreachable, throttling or failing until one succeeds.",
 )
+EVICTIONS = Counter(
+    "navarch_evictions_total", "Pods a drain evicted through the Eviction API.", ["policy"]
+)
+EVICTIONS_BLOCKED = Counter(
+    "navarch_evictions_blocked_total",
+    "Evictions a PodDisruptionBudget refused (each is retried with backoff).",
+    ["policy"],
+)
+POD_DELETIONS = Counter(
+    "navarch_pod_deletions_total",
+    "Pods a drain deleted at its timeout because the policy says onTimeout: Delete.",
+    ["policy"],
+)
+DRAINS = Gauge(
+    "navarch_drains",
+    "Nodes by the phase of their drain: Pending, Draining, Blocked, Drained, TimedOut, DryRun.",
+    ["policy", "phase"],
+)
+DRAIN_DURATION = Histogram(
+    "navarch_drain_duration_seconds",
+    "From the start of a drain to its end, Drained or TimedOut.",
+    ["policy"],
+    buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
 
 
 REVIEW_TIMEOUT = 4.0

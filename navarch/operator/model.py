@@ -18,6 +18,7 @@ from navarch.errors import InvalidObjectError
 from navarch.wire import format_time, from_wire, parse_time
 
 ConditionValue = Literal["True", "False", "Unknown"]
+EventType = Literal["Normal", "Warning"]
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ class NodeView:
 
 @dataclass(frozen=True)
 class Event:
-    type: Literal["Normal", "Warning"]
+    type: EventType
     reason: str
     message: str
 
@@ -200,8 +201,11 @@ class HealthView:
         facts = {k: v for k, v in status.items() if k in api.AGENT_STATUS_KEYS}
         if not status:
             return cls(annotations, facts, None, None, Recorded(generation))
+        # The drain is the drainer's record, read apart (``stored_drain``): an edited one must
+        # not make the agent's facts unreadable.
+        judged = {k: v for k, v in status.items() if k != "drain"}
         try:
-            parsed = from_wire(api.GpuNodeHealthStatus, status, "status")
+            parsed = from_wire(api.GpuNodeHealthStatus, judged, "status")
         except InvalidObjectError as err:
             # The operator's own keys are still read, so the verdict's transitions and the
             # conditions' times survive an agent that writes garbage.
@@ -217,6 +221,17 @@ def _stored_verdict(status: Mapping[str, Any]) -> api.Verdict | None:
         return None
     try:
         return from_wire(api.Verdict, raw, "status.verdict")
+    except InvalidObjectError:
+        return None
+
+
+def stored_drain(status: Mapping[str, Any]) -> api.DrainStatus | None:
+    """The drain recorded in a status; None if there is none or it was edited out of shape."""
+    raw = status.get("drain")
+    if raw is None:
+        return None
+    try:
+        return from_wire(api.DrainStatus, raw, "status.drain")
     except InvalidObjectError:
         return None
 

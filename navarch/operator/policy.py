@@ -29,6 +29,7 @@ from navarch import api
 from navarch.durations import parse_duration
 from navarch.errors import InvalidObjectError, PolicyError
 from navarch.operator import rules as builtin
+from navarch.operator.drain_plan import DrainRule, compile_drain
 from navarch.operator.rules import Check, RuleInputs
 from navarch.wire import from_wire, to_wire
 
@@ -90,6 +91,9 @@ class CompiledPolicy:
     dry_run: bool
     priority: int
     max_unhealthy: int | str
+    drains: Mapping[str, DrainRule]
+    """The compiled drain of each action that has one, by action name (``ACTION_NAMES``)."""
+    drain_limits: api.DrainLimits
     cel_variables: frozenset[str]
     """Variables the CEL-evaluated rules read; only these are converted for each node."""
 
@@ -102,13 +106,22 @@ class CompiledPolicy:
 
     def action_for(self, health: str, reason: str) -> api.ActionSpec:
         """What the policy asks for a node in this state; Unknown acts only on a stale heartbeat."""
-        if health == api.Health.UNHEALTHY.value:
-            return self.unhealthy_action
-        if health == api.Health.DEGRADED.value:
-            return self.degraded_action
-        if health == api.Health.UNKNOWN.value and reason == api.Reason.HEARTBEAT_STALE:
-            return self.stale_action
-        return NO_ACTION
+        name = action_key(health, reason)
+        return self.action_named(name) if name is not None else NO_ACTION
+
+    def action_named(self, name: str) -> api.ActionSpec:
+        """The action of ``ACTION_NAMES``: ``degraded``, ``unhealthy`` or ``stale``."""
+        return {
+            "degraded": self.degraded_action,
+            "unhealthy": self.unhealthy_action,
+            "stale": self.stale_action,
+        }[name]
+
+    def drain_for(self, health: str, reason: str) -> tuple[str, DrainRule] | None:
+        """The action's name and its drain, for a node in this state, if the action drains."""
+        name = action_key(health, reason)
+        drain = self.drains.get(name) if name is not None else None
+        return (name, drain) if name is not None and drain is not None else None
 
     def rule(self, name: str) -> CompiledRule | None:
         return next((r for r in self.rules if r.name == name), None)
@@ -157,6 +170,21 @@ class CompiledPolicy:
         return context
 
 
+ACTION_NAMES = ("degraded", "unhealthy", "stale")
+"""The policy's actions, as ``spec.actions`` names them."""
+
+
+def action_key(health: str, reason: str) -> str | None:
+    """Which of the policy's actions applies to a node in this state, if any."""
+    if health == api.Health.UNHEALTHY.value:
+        return "unhealthy"
+    if health == api.Health.DEGRADED.value:
+        return "degraded"
+    if health == api.Health.UNKNOWN.value and reason == api.Reason.HEARTBEAT_STALE:
+        return "stale"
+    return None
+
+
 def _runtime_problem(err: Exception) -> str:
     if isinstance(err, KeyError):
         return f"no such key {err}; guard optional fields with has()"
@@ -190,6 +218,24 @@ def compile_policy(name: str, generation: int | None, spec: Mapping[str, Any]) -
         check_max_unhealthy(parsed.max_unhealthy)
     except ValueError as err:
         raise PolicyError(name, f"spec.maxUnhealthy: {err}") from err
+    limits = parsed.drain_limits or api.DrainLimits()
+    try:
+        check_max_unhealthy(limits.max_nodes)
+    except ValueError as err:
+        raise PolicyError(name, f"spec.drainLimits.maxNodes: {err}") from err
+    drains = {}
+    for key in ACTION_NAMES:
+        action: api.ActionSpec = getattr(actions, key)
+        if action.drain is None:
+            continue
+        path = f"spec.actions.{key}.drain"
+        if action.taint == api.TaintEffect.NONE and not action.cordon:
+            problem = "needs a taint or a cordon as well, or evicted pods are scheduled back"
+            raise PolicyError(name, f"{path}: {problem}")
+        try:
+            drains[key] = compile_drain(action.drain)
+        except ValueError as err:
+            raise PolicyError(name, f"{path}.{err}") from err
 
     rules = [_compile_rule(name, i, rule) for i, rule in enumerate(_all_rules(name, parsed))]
     variables = frozenset[str]().union(*(r.program.variables() for r in rules if r.twin is None))
@@ -208,6 +254,8 @@ def compile_policy(name: str, generation: int | None, spec: Mapping[str, Any]) -
         dry_run=parsed.dry_run,
         priority=parsed.priority,
         max_unhealthy=parsed.max_unhealthy,
+        drains=drains,
+        drain_limits=limits,
         cel_variables=variables & VARIABLES,
     )
 
@@ -332,11 +380,15 @@ def storm_limit(max_unhealthy: int | str, governed: int) -> int:
 
 
 def default_policy_spec() -> api.GpuHealthPolicySpec:
-    """The default policy: every built-in rule and every default, spelled out."""
+    """The default policy: every built-in rule and every default, spelled out, and a drain of
+    the GPU pods of Unhealthy nodes."""
     return api.GpuHealthPolicySpec(
         priority=DEFAULT_PRIORITY,
         rules=builtin.default_rules(),
-        actions=api.Actions(),
+        actions=api.Actions(
+            unhealthy=api.ActionSpec(taint=api.TaintEffect.NO_SCHEDULE, drain=api.DrainSpec())
+        ),
+        drain_limits=api.DrainLimits(),
         recovery=api.Recovery(),
         xids=api.XidPolicy(),
     )

@@ -10,9 +10,11 @@ One coroutine plans, many write. Each pass runs the stages of the core in order:
    too;
 4. plans each node (``planner``) and hands the plan to the writer as a task, bounded by the
    API client's worker pool, so writes for different nodes proceed side by side;
-5. reports policy statuses and gauges when due (``reporter``), except during an API-server
+5. hands the drainer the nodes that drain now (``drainer``): quarantined nodes whose action
+   drains, and the nodes a dry-run policy would quarantine;
+6. reports policy statuses and gauges when due (``reporter``), except during an API-server
    outage: they wait for the list that ends it;
-6. lets the lister start the lists and API checks that are due (``lister``), which keep the
+7. lets the lister start the lists and API checks that are due (``lister``), which keep the
    index whole through outages.
 
 A node whose judging or planning raises is logged and retried with backoff, and a pass that
@@ -31,6 +33,8 @@ from typing import Any
 
 from navarch import api
 from navarch.operator import memory, metrics, storm
+from navarch.operator.drainer import Drainer
+from navarch.operator.drainer import orders as drain_orders
 from navarch.operator.health import Health
 from navarch.operator.index import Index
 from navarch.operator.kube import KubeApi
@@ -87,6 +91,7 @@ class Reconciler:
             index, queue, kube, self.health, clock=clock, rand=rand, spawn=self._spawn
         )
         self.reporter = Reporter(index, queue, kube, clock=clock, spawn=self._spawn)
+        self.drainer = Drainer(kube, index, clock, rand=rand)
 
     async def run(self) -> None:
         while True:
@@ -129,6 +134,8 @@ class Reconciler:
             self._dispatch(node_plan, now)
         if work or extra:
             self.queue.reports_stale = True
+        dry_runs = (n for n in self._unwell if self.verdicts[n].action == api.Action.DRY_RUN)
+        self.drainer.sync(drain_orders(self.index, self.verdicts, dry_runs))
         if not self.lister.outage:
             self.reporter.tick(now, self.verdicts, self._storm_states)
         self.lister.tick(now)
@@ -219,3 +226,8 @@ class Reconciler:
         """Wait for the tasks in flight: writes, lists, checks (tests and shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Stop the drains, their records left for the next operator, and wait for the rest."""
+        await self.drainer.stop()
+        await self.settle()

@@ -18,7 +18,7 @@ API responses go straight into the index, so the next plan starts from what was 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from navarch import api
@@ -26,6 +26,7 @@ from navarch.errors import ApiError
 from navarch.operator import metrics
 from navarch.operator.index import Index
 from navarch.operator.kube import KubeApi, Target, unavailable
+from navarch.operator.model import Event
 from navarch.operator.planner import Plan
 from navarch.operator.workqueue import WorkQueue
 
@@ -89,27 +90,7 @@ class Writer:
             self.queue.nudge()
 
     async def _post(self, plan: Plan) -> None:
-        targets = []
-        node = self.index.nodes.get(plan.name)
-        if node is not None:
-            targets.append(Target.node(plan.name, node.uid))
-        health = self.index.healths.get(plan.name)
-        if health is not None:
-            targets.append(Target.health(plan.name, health.uid))
-        now = self.clock()
-        for event in plan.events:
-            for target in targets:
-                try:
-                    await self.kube.post_event(target, event, now)
-                # An Event that cannot be posted is not worth a retry that repeats the others.
-                except ApiError as err:
-                    log.warning(
-                        "event %s on %s %s not posted: %s",
-                        event.reason,
-                        target.kind,
-                        target.name,
-                        err,
-                    )
+        await post_events(self.kube, self.index, plan.name, plan.events, self.clock())
 
     async def _failed(self, name: str, resource: str, err: ApiError) -> None:
         if resource == api.GNH_PLURAL and err.status == NOT_FOUND:
@@ -141,3 +122,25 @@ class Writer:
                 return
             self.index.forget_node(name)
         self.queue.mark(name)
+
+
+async def post_events(
+    kube: KubeApi, index: Index, name: str, events: Iterable[Event], now: datetime
+) -> None:
+    """Post ``events`` on the node's Node and GpuNodeHealth, those the index holds."""
+    targets = []
+    node = index.nodes.get(name)
+    if node is not None:
+        targets.append(Target.node(name, node.uid))
+    health = index.healths.get(name)
+    if health is not None:
+        targets.append(Target.health(name, health.uid))
+    for event in events:
+        for target in targets:
+            try:
+                await kube.post_event(target, event, now)
+            # An Event that cannot be posted is not worth a retry that repeats the others.
+            except ApiError as err:
+                log.warning(
+                    "event %s on %s %s not posted: %s", event.reason, target.kind, target.name, err
+                )

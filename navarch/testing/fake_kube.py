@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from navarch import api, crd
-from navarch.errors import ApiError
+from navarch.errors import DISRUPTION_BUDGET, ApiError
 from navarch.operator.kube import STATUS, KubeApi, Target, unavailable
 from navarch.operator.model import Event
 
@@ -94,6 +94,15 @@ class FakeKube(KubeApi):
     """(verb, resource) -> the error the next such call raises."""
     down: bool = False
     """While set, every call fails as if the API server could not be reached."""
+    pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    """(namespace, name) -> pod."""
+    budgets: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(namespace, name) of a pod -> the disruption budget that refuses its eviction."""
+    linger: bool = False
+    """Evicted and deleted pods stay, terminating, until ``finish_terminating``; else they go
+    at once."""
+    evicted: list[tuple[str, str]] = field(default_factory=list)
+    deleted: list[tuple[str, str]] = field(default_factory=list)
     available: bool = True
     on_availability: Callable[[bool], None] | None = None
     _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
@@ -194,6 +203,19 @@ class FakeKube(KubeApi):
             )
         }
 
+    def add_pod(self, pod: dict[str, Any]) -> dict[str, Any]:
+        meta = pod.setdefault("metadata", {})
+        meta.setdefault("namespace", "default")
+        meta.setdefault("uid", f"uid-{meta['namespace']}-{meta['name']}")
+        self.pods[meta["namespace"], meta["name"]] = self._bump(pod)
+        return copy.deepcopy(pod)
+
+    def finish_terminating(self) -> None:
+        """The kubelets are done: every terminating pod is gone."""
+        for key, pod in list(self.pods.items()):
+            if pod["metadata"].get("deletionTimestamp"):
+                del self.pods[key]
+
     def reasons(self, name: str) -> list[str]:
         return [e.reason for t, e in self.events if t.name == name and t.kind == "Node"]
 
@@ -259,3 +281,46 @@ class FakeKube(KubeApi):
     async def post_event(self, target: Target, event: Event, now: datetime) -> None:
         await self._enter("create", "events")
         self.events.append((target, event))
+
+    async def list_pods(self, node: str) -> Sequence[dict[str, Any]]:
+        await self._enter("list", "pods")
+        return [copy.deepcopy(p) for p in self.pods.values() if p["spec"].get("nodeName") == node]
+
+    async def evict(self, namespace: str, name: str, uid: str, grace: int | None) -> None:
+        await self._enter("create", "pods/eviction")
+        self._found(namespace, name, uid)
+        budget = self.budgets.get((namespace, name))
+        if budget is not None:
+            raise ApiError(
+                429,
+                "Cannot evict pod as it would violate the pod's disruption budget.",
+                causes=(
+                    (
+                        DISRUPTION_BUDGET,
+                        f"The disruption budget {budget} needs 1 healthy pods and has 1 currently",
+                    ),
+                ),
+            )
+        self.evicted.append((namespace, name))
+        self._terminate(namespace, name)
+
+    async def delete_pod(self, namespace: str, name: str, uid: str, grace: int | None) -> None:
+        await self._enter("delete", "pods")
+        self._found(namespace, name, uid)
+        self.deleted.append((namespace, name))
+        self._terminate(namespace, name)
+
+    def _found(self, namespace: str, name: str, uid: str) -> None:
+        pod = self.pods.get((namespace, name))
+        if pod is None:
+            raise _missing("pods", name)
+        if pod["metadata"]["uid"] != uid:
+            raise ApiError(409, f"Precondition failed: UID in precondition: {uid}")
+
+    def _terminate(self, namespace: str, name: str) -> None:
+        if not self.linger:
+            del self.pods[namespace, name]
+            return
+        pod = self.pods[namespace, name]
+        pod["metadata"].setdefault("deletionTimestamp", "2026-01-01T00:00:00Z")
+        self._bump(pod)

@@ -63,7 +63,16 @@ def test_gnh_crd_enforces_node_name_and_shows_printer_columns() -> None:
     rules = version["schema"]["openAPIV3Schema"]["x-kubernetes-validations"]
     assert rules[0]["rule"] == "self.spec.nodeName == self.metadata.name"
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["GPUs", "Health", "Action", "Reason", "Last XID", "Heartbeat", "Age"]
+    assert columns == [
+        "GPUs",
+        "Health",
+        "Action",
+        "Reason",
+        "Drain",
+        "Last XID",
+        "Heartbeat",
+        "Age",
+    ]
     assert body["spec"]["scope"] == "Cluster"
     assert body["spec"]["names"]["shortNames"] == ["gnh"]
     assert version["subresources"] == {"status": {}}

@@ -101,6 +101,7 @@ def test_empty_spec_gets_api_defaults() -> None:
     assert policy.heartbeat_timeout == timedelta(minutes=2)
     assert policy.xid_window == timedelta(hours=24)
     assert policy.unhealthy_action == api.ActionSpec(taint="NoSchedule", cordon=False)
+    assert policy.drains == {}
     assert policy.taint_key == "navarch.dev/gpu-unhealthy"
     assert policy.max_unhealthy == "10%"
 
@@ -361,7 +362,10 @@ def test_default_policy_settings() -> None:
     assert policy.heartbeat_timeout.total_seconds() == 120
     assert policy.xid_window.total_seconds() == 24 * 3600
     assert policy.max_unhealthy == "10%"
-    assert policy.unhealthy_action == api.ActionSpec(taint="NoSchedule", cordon=False)
+    assert policy.unhealthy_action == api.ActionSpec(
+        taint="NoSchedule", cordon=False, drain=api.DrainSpec()
+    )
+    assert policy.drains["unhealthy"].pods == api.DrainPods.GPU_PODS
     assert policy.degraded_action == api.ActionSpec(taint="None", cordon=False)
     assert policy.stale_action == api.ActionSpec(taint="None", cordon=False)
     assert policy.taint_key == api.DEFAULT_TAINT_KEY
@@ -385,7 +389,9 @@ def test_default_policy_object_is_a_complete_manifest_that_compiles_to_the_defau
     assert spec["recovery"] == {"healthyFor": "2m"}
     assert spec["xids"] == {"window": "24h"}
     assert spec["maxUnhealthy"] == "10%"
-    assert spec["actions"]["unhealthy"] == {"taint": "NoSchedule", "cordon": False}
+    assert spec["actions"]["unhealthy"]["drain"]["pods"] == "GpuPods"
+    assert spec["actions"]["unhealthy"]["drain"]["unmanagedPods"] == "Leave"
+    assert spec["drainLimits"] == {"maxNodes": "10%", "evictionsPerSecond": 10.0}
     compiled = compile_policy("default", 1, copy.deepcopy(spec))
     assert compiled.spec == default_policy().spec
     assert to_wire(compiled.spec) == spec

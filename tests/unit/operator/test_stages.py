@@ -11,7 +11,7 @@ import navarch.operator
 
 PACKAGE = Path(navarch.operator.__file__).parent
 STAGES = [
-    ["model"],
+    ["model", "drain_plan", "pace"],
     ["rules"],
     ["policy"],
     ["verdict"],
@@ -22,7 +22,7 @@ STAGES = [
     ["index"],
     ["writer"],
     ["policy_status"],
-    ["lister", "reporter"],
+    ["lister", "reporter", "drainer"],
     ["reconciler"],
 ]
 RANK = {module: rank for rank, modules in enumerate(STAGES) for module in modules}
