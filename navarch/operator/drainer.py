@@ -114,6 +114,9 @@ class Drainer:
         self._phases: dict[str, tuple[str, api.DrainPhase]] = {}
         self._clearing: dict[str, asyncio.Task[None]] = {}
 
+    def _monotonic(self) -> float:
+        return self.clock().timestamp()
+
     # --- what the reconcile loop asks --------------------------------------------------------
 
     def sync(self, orders: Mapping[str, Order]) -> None:
@@ -126,7 +129,10 @@ class Drainer:
                 self._stop(node)
         for node, order in orders.items():
             self._orders[node] = order
-            pace = self._paces.setdefault(order.policy, Pace(order.rate))
+            pace = self._paces.get(order.policy)
+            if pace is None:
+                pace = Pace(order.rate, monotonic=self._monotonic, sleep=self._sleep)
+                self._paces[order.policy] = pace
             pace.rate = order.rate
             if node not in self._tasks and node not in self._clearing:
                 self._spawn(node)
@@ -276,7 +282,7 @@ class Drainer:
             blocked = done.blocked or []
             stuck = bool(blocked) and len(blocked) == len(selection.evict) and not selection.waiting
             status = _progress(status, selection, done, stuck, now)
-            if stuck and (written is None or not written.blocked_by):
+            if stuck and (written is None or written.phase != api.DrainPhase.BLOCKED):
                 await self._event(node, "Warning", api.Reason.DRAIN_BLOCKED, status.message or "")
             if status != written and await self._write(node, status):
                 written = status
@@ -309,7 +315,9 @@ class Drainer:
                     # Gone already, or replaced by a pod of the same name: the next look at
                     # the node's pods tells.
                     done.gone += 1
-                elif unavailable(err):
+                # A pod under two budgets is refused with a 500 that is about the pod, not
+                # about the API server.
+                elif unavailable(err) and "DisruptionBudget" not in err.message:
                     done.api_down = err
                     return done
                 else:

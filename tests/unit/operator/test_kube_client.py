@@ -150,6 +150,45 @@ async def test_a_refusal_is_an_api_error_with_the_servers_message_and_is_counted
     assert not client.available
 
 
+@served
+async def test_a_budgets_refusal_names_it_and_says_nothing_of_the_servers_health(
+    server: Server,
+) -> None:
+    refusal = status_body(429, "Cannot evict pod as it would violate the pod's disruption budget.")
+    refusal["details"] = {
+        "causes": [
+            {
+                "reason": "DisruptionBudget",
+                "message": "The disruption budget serve needs 2 healthy pods and has 2 currently",
+            }
+        ]
+    }
+    server.replies = [Reply(429, refusal), Reply(201, {}), Reply(200, {})]
+    seen: list[bool] = []
+    client = Kube(Logins(server, "t"), workers=2)
+    client.on_availability = seen.append
+
+    with pytest.raises(ApiError) as refused:
+        await client.evict("work", "serve-0", "uid-0", None)
+    await client.evict("work", "serve-0", "uid-0", 30)
+    await client.delete_pod("work", "serve-1", "uid-1", 0)
+    await client.close()
+
+    assert refused.value.disruption_budget
+    assert "serve needs 2" in refused.value.causes[0][1]
+    assert seen == [True, True, True]
+    first, second, delete = server.requests
+    assert (first["method"], first["path"]) == (
+        "POST",
+        "/api/v1/namespaces/work/pods/serve-0/eviction",
+    )
+    assert first["body"]["deleteOptions"] == {"preconditions": {"uid": "uid-0"}}
+    assert second["body"]["deleteOptions"]["gracePeriodSeconds"] == 30
+    assert (delete["method"], delete["path"]) == ("DELETE", "/api/v1/namespaces/work/pods/serve-1")
+    assert delete["body"]["preconditions"] == {"uid": "uid-1"}
+    assert delete["body"]["gracePeriodSeconds"] == 0
+
+
 def test_an_unreachable_server_is_an_api_error_without_status() -> None:
     async def scenario() -> ApiError:
         info = kopf.ConnectionInfo(server="http://127.0.0.1:9")

@@ -181,6 +181,14 @@ def test_duplicate_rule_names_are_rejected() -> None:
         ({"heartbeatTimeout": "1d"}, "spec.heartbeatTimeout"),
         ({"xids": {"window": "forever"}}, "spec.xids.window"),
         ({"rules": [rule("r", "true", sustainedFor="5 min")]}, "spec.rules[0].sustainedFor"),
+        (
+            {"actions": {"unhealthy": {"drain": {"timeout": "soon"}}}},
+            "spec.actions.unhealthy.drain.timeout",
+        ),
+        (
+            {"actions": {"stale": {"cordon": True, "drain": {"gracePeriod": "1 s"}}}},
+            "spec.actions.stale.drain.gracePeriod",
+        ),
     ],
 )
 def test_bad_durations_name_the_field(spec: dict[str, Any], path: str) -> None:
@@ -192,6 +200,37 @@ def test_bad_durations_name_the_field(spec: dict[str, Any], path: str) -> None:
 def test_bad_max_unhealthy_is_rejected(value: Any) -> None:
     with pytest.raises(PolicyError, match=r"spec\.maxUnhealthy"):
         compile_policy("p", 1, {"maxUnhealthy": value})
+
+
+def test_a_drain_without_a_taint_or_cordon_is_rejected() -> None:
+    spec = {"actions": {"degraded": {"taint": "None", "drain": {}}}}
+    with pytest.raises(PolicyError, match=r"spec\.actions\.degraded\.drain: needs a taint"):
+        compile_policy("p", 1, spec)
+    spec["actions"]["degraded"]["cordon"] = True
+    assert set(compile_policy("p", 1, spec).drains) == {"degraded"}
+
+
+@pytest.mark.parametrize("value", [-1, "150%", "five"])
+def test_bad_drain_max_nodes_is_rejected(value: Any) -> None:
+    with pytest.raises(PolicyError, match=r"spec\.drainLimits\.maxNodes"):
+        compile_policy("p", 1, {"drainLimits": {"maxNodes": value}})
+
+
+def test_drain_for_picks_the_action_of_the_nodes_state() -> None:
+    spec = {
+        "actions": {
+            "unhealthy": {"drain": {"pods": "All"}},
+            "stale": {"cordon": True, "drain": {}},
+        }
+    }
+    policy = compile_policy("p", 1, spec)
+    unhealthy = policy.drain_for("Unhealthy", "RuleMatched")
+    assert unhealthy is not None and unhealthy[0] == "unhealthy"
+    assert unhealthy[1].pods == api.DrainPods.ALL
+    stale = policy.drain_for("Unknown", "HeartbeatStale")
+    assert stale is not None and stale[0] == "stale"
+    assert policy.drain_for("Degraded", "RuleMatched") is None
+    assert policy.drain_for("Unknown", "NoStatus") is None
 
 
 @pytest.mark.parametrize("value", [0, 1, 250, "0%", "10%", "100%"])
