@@ -346,6 +346,7 @@ ADMISSION_POLICIES = {
     "nodeScopedAgentWrites": ("nv-navarch-agent-node-scope", "agent"),
     "agentOwnedFields": ("nv-navarch-agent-owned-fields", "agent"),
     "operatorNodeScope": ("nv-navarch-operator-node-scope", "operator"),
+    "operatorPodScope": ("nv-navarch-operator-pod-scope", "operator"),
 }
 
 

@@ -66,6 +66,8 @@ def test_install_upgrade_uninstall(crds: Cluster) -> None:
                 f"validatingadmissionpolicybinding.{admission}/{agent}-owned-fields",
                 f"validatingadmissionpolicy.{admission}/{operator}-node-scope",
                 f"validatingadmissionpolicybinding.{admission}/{operator}-node-scope",
+                f"validatingadmissionpolicy.{admission}/{operator}-pod-scope",
+                f"validatingadmissionpolicybinding.{admission}/{operator}-pod-scope",
                 f"role.{rbac}/{operator}-events",
                 f"rolebinding.{rbac}/{operator}-events",
             ]

@@ -85,6 +85,9 @@ AGENT = [
     ("list", "secrets", ("--all-namespaces",), False),
     ("get", "configmaps", ("--all-namespaces",), False),
     ("create", "pods", ("--all-namespaces",), False),
+    ("list", "pods", ("--all-namespaces",), False),
+    ("create", "pods", ("--all-namespaces", "--subresource=eviction"), False),
+    ("delete", "pods", ("--all-namespaces",), False),
     ("create", "events", ("--all-namespaces",), False),
     ("create", "serviceaccounts/token", ("--all-namespaces",), False),
 ]
@@ -119,8 +122,18 @@ OPERATOR = [
     ("get", "secrets", ("--all-namespaces",), False),
     ("list", "secrets", ("--all-namespaces",), False),
     ("get", "configmaps", ("--all-namespaces",), False),
+    # Drains (test_drain_access.py): list a node's pods, evict them, delete them at a
+    # timeout; admission keeps the deletes off DaemonSet, mirror and Navarch's own pods.
+    ("list", "pods", ("--all-namespaces",), True),
+    ("create", "pods", ("--all-namespaces", "--subresource=eviction"), True),
+    ("delete", "pods", ("--all-namespaces",), True),
+    ("get", "pods", ("--all-namespaces",), False),
+    ("watch", "pods", ("--all-namespaces",), False),
     ("create", "pods", ("--all-namespaces",), False),
-    ("create", "pods/eviction", ("--all-namespaces",), False),
+    ("patch", "pods", ("--all-namespaces",), False),
+    ("update", "pods", ("--all-namespaces",), False),
+    ("deletecollection", "pods", ("--all-namespaces",), False),
+    ("patch", "pods", ("--all-namespaces", "--subresource=status"), False),
     ("patch", "clusterkopfpeerings.kopf.dev", (), False),
 ]
 
