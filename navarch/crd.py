@@ -64,6 +64,8 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     node.pop("$defs", None)
     if node.get("default", ...) is None:
         del node["default"]
+    elif "default" in node:
+        node["default"] = _without_nulls(node["default"])
     if "description" in node:
         node["description"] = " ".join(node["description"].split())
     if "properties" in node:
@@ -103,6 +105,15 @@ def resource_schema(
     if validations:
         root["x-kubernetes-validations"] = validations
     return root
+
+
+def _without_nulls(value: Any) -> Any:
+    """A default as the API server takes it: an absent field is left out, not null."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def crd(
