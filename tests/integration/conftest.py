@@ -12,8 +12,9 @@ from navarch.testing import fake_nvml
 from navarch.testing.controlplane import REPO_ROOT, ControlPlane
 from navarch.testing.workloads import WorkloadPlane
 
+from .chart import NO_POLICY, Release, installed
 from .cluster import Cluster, eventually
-from .workloads_env import CPU_NODES, GPU_NODES, WorkloadCluster
+from .workloads_env import CPU_NODES, GPU_NODES, StandIns, WorkloadCluster, rolled_out
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +52,36 @@ def workloads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkloadClus
         for name in CPU_NODES:
             workload_plane.add_node(name, gpus=0)
         yield WorkloadCluster(Cluster(plane.kubeconfig, plane), workload_plane, workdir, library)
+
+
+@pytest.fixture(scope="module")
+def release(workloads: WorkloadCluster) -> Iterator[Release]:
+    with installed(workloads.cluster, *NO_POLICY, prefix="wl") as release:
+        rolled_out(workloads, release)
+        yield release
+
+
+@pytest.fixture(scope="module")
+def stand_ins(
+    workloads: WorkloadCluster, release: Release, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StandIns]:
+    processes = StandIns(workloads, release, tmp_path_factory.mktemp("stand-ins"))
+    try:
+        processes.sync()
+        for node in GPU_NODES:
+            eventually(lambda n=node: workloads.reported_since(n, None), timeout=60)
+        yield processes
+    finally:
+        processes.stop()
+
+
+@pytest.fixture
+def fleet(stand_ins: StandIns) -> Iterator[StandIns]:
+    """The stand-ins in step with the release's pods."""
+    stand_ins.sync()
+    yield stand_ins
+    # pytest shows a test's captured output only when it fails.
+    print(f"--- stand-in logs ---\n{stand_ins.logs()}")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -536,9 +536,12 @@ def test_schema_overrides_match_the_policy_crd() -> None:
     crd = yaml.safe_load((CHART_DIR / "crds" / "gpuhealthpolicies.navarch.dev.yaml").read_text())
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert set(overrides["properties"]) == set(spec["properties"])
-    effects = schema["definitions"]["action"]["properties"]["taint"]["enum"]
+    action = schema["definitions"]["action"]["properties"]
     for severity in spec["properties"]["actions"]["properties"].values():
-        assert effects == severity["properties"]["taint"]["enum"]
+        assert set(action) == set(severity["properties"])
+        assert action["taint"]["enum"] == severity["properties"]["taint"]["enum"]
+    limits = overrides["properties"]["drainLimits"]["properties"]
+    assert set(limits) == set(spec["properties"]["drainLimits"]["properties"])
 
 
 def test_every_value_is_documented_where_it_is_defined() -> None:

@@ -8,115 +8,37 @@ agent, GpuNodeHealth, operator, taint, scheduler or taint-eviction controller.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from navarch.gpu import GPU_PRESENT_LABEL
 from navarch.testing.workloads import OUTCOME, RUNS_FOR
 
-from .chart import CHART, NO_POLICY, Release, installed
+from .chart import CHART, Release
 from .cluster import eventually
 from .workloads_env import (
+    AGENT,
     CPU_NODES,
     GPU_NODES,
+    OPERATOR,
     TAINT,
     StandIns,
     WorkloadCluster,
-    delete_policy,
+    governed,
     gpu_deployment,
-    gpu_nodes_policy,
     gpu_pod,
+    node_conditions,
     node_of,
+    operator_pods,
+    pods_by_node,
+    rolled_out,
     running,
-    wait_released,
 )
 
-ROLLOUT_TIMEOUT = "120s"
 UNREACHABLE = "node.kubernetes.io/unreachable"
-OPERATOR = "app.kubernetes.io/component=operator"
-AGENT = "app.kubernetes.io/component=agent"
-
-
-def rolled_out(world: WorkloadCluster, release: Release) -> None:
-    for kind, name in (("daemonset", release.agent), ("deployment", release.operator)):
-        world.cluster.kubectl(
-            "rollout",
-            "status",
-            f"{kind}/{name}",
-            "-n",
-            release.namespace,
-            f"--timeout={ROLLOUT_TIMEOUT}",
-        )
-
-
-@pytest.fixture(scope="module")
-def release(workloads: WorkloadCluster) -> Iterator[Release]:
-    with installed(workloads.cluster, *NO_POLICY, prefix="wl") as release:
-        rolled_out(workloads, release)
-        yield release
-
-
-@pytest.fixture(scope="module")
-def stand_ins(
-    workloads: WorkloadCluster, release: Release, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[StandIns]:
-    processes = StandIns(workloads, release, tmp_path_factory.mktemp("stand-ins"))
-    try:
-        processes.sync()
-        for node in GPU_NODES:
-            eventually(lambda n=node: workloads.reported_since(n, None), timeout=60)
-        yield processes
-    finally:
-        processes.stop()
-
-
-@pytest.fixture
-def fleet(stand_ins: StandIns) -> Iterator[StandIns]:
-    """The stand-ins in step with the release's pods."""
-    stand_ins.sync()
-    yield stand_ins
-    # pytest shows a test's captured output only when it fails.
-    print(f"--- stand-in logs ---\n{stand_ins.logs()}")
-
-
-@contextlib.contextmanager
-def governed(fleet: StandIns, **spec: Any) -> Iterator[str]:
-    """A policy over the GPU nodes for one test. Afterwards every GPU is healthy again and
-    every node released before the policy goes, so no test inherits another's quarantine."""
-    name = gpu_nodes_policy(fleet.world, **spec)
-    try:
-        yield name
-    finally:
-        for agent in fleet.agents.values():
-            agent.reset_gpu()
-        try:
-            wait_released(fleet.world)
-        finally:
-            delete_policy(fleet.world, name)
-
-
-def operator_pods(world: WorkloadCluster, release: Release) -> list[dict[str, Any]]:
-    """The release's running operator pods, once there is exactly one (a rollout is over)."""
-    pods = [p for p in world.pods(release.namespace, OPERATOR) if running(p)]
-    return pods if len(pods) == 1 else []
-
-
-def node_conditions(world: WorkloadCluster, name: str) -> dict[str, str]:
-    return {c["type"]: c["status"] for c in world.node(name)["status"].get("conditions") or []}
-
-
-def pods_by_node(world: WorkloadCluster, namespace: str, selector: str = "") -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for pod in world.pods(namespace, selector):
-        if running(pod):
-            counts[node_of(pod)] = counts.get(node_of(pod), 0) + 1
-    return counts
 
 
 # --- the cluster itself ----------------------------------------------------------------------

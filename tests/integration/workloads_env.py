@@ -321,6 +321,14 @@ class StandIns:
                 agent.start(self._kubeconfig(pod), self.world.library)
                 self.agents[node] = agent
 
+    def kill_operator(self) -> None:
+        """Kill the operator's process (SIGKILL: no shutdown of its own, as in a crash or an
+        OOM kill); ``sync`` starts it again."""
+        if self.operator is not None and self.operator.process is not None:
+            self.operator.process.kill()
+            self.operator.process.wait()
+        self._stop_operator()
+
     def restart_agent(self, node: str) -> None:
         """Start the agent of ``node`` again, with its pod's credentials, after ``stop``."""
         agent = self.agents[node]
@@ -380,3 +388,68 @@ def delete_policy(world: WorkloadCluster, name: str) -> None:
 
 def wait_released(world: WorkloadCluster, nodes: tuple[str, ...] = GPU_NODES) -> None:
     eventually(lambda: not any(world.navarch_taints(n) for n in nodes), timeout=90)
+
+
+ROLLOUT_TIMEOUT = "120s"
+OPERATOR = "app.kubernetes.io/component=operator"
+AGENT = "app.kubernetes.io/component=agent"
+
+
+def rolled_out(world: WorkloadCluster, release: Release) -> None:
+    for kind, name in (("daemonset", release.agent), ("deployment", release.operator)):
+        world.cluster.kubectl(
+            "rollout",
+            "status",
+            f"{kind}/{name}",
+            "-n",
+            release.namespace,
+            f"--timeout={ROLLOUT_TIMEOUT}",
+        )
+
+
+@contextlib.contextmanager
+def governed(fleet: StandIns, **spec: Any) -> Iterator[str]:
+    """A policy over the GPU nodes for one test. Afterwards every GPU is healthy again and
+    every node released before the policy goes, so no test inherits another's quarantine."""
+    name = gpu_nodes_policy(fleet.world, **spec)
+    try:
+        yield name
+    finally:
+        for agent in fleet.agents.values():
+            agent.reset_gpu()
+        try:
+            wait_released(fleet.world)
+        finally:
+            delete_policy(fleet.world, name)
+
+
+def operator_pods(world: WorkloadCluster, release: Release) -> list[dict[str, Any]]:
+    """The release's running operator pods, once there is exactly one (a rollout is over)."""
+    pods = [p for p in world.pods(release.namespace, OPERATOR) if running(p)]
+    return pods if len(pods) == 1 else []
+
+
+def node_conditions(world: WorkloadCluster, name: str) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in world.node(name)["status"].get("conditions") or []}
+
+
+def pods_by_node(world: WorkloadCluster, namespace: str, selector: str = "") -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for pod in world.pods(namespace, selector):
+        if running(pod):
+            counts[node_of(pod)] = counts.get(node_of(pod), 0) + 1
+    return counts
+
+
+def drain_of(world: WorkloadCluster, node: str) -> dict[str, Any]:
+    """The node's ``status.drain``; empty when it has none."""
+    return dict((world.gnh(node).get("status") or {}).get("drain") or {})
+
+
+def budget(namespace: str, name: str, min_available: int, app: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"minAvailable": min_available, "selector": {"matchLabels": {"app": app}}},
+    }
