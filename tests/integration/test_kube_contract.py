@@ -9,12 +9,14 @@ fails here rather than passing unnoticed in the reconciler's unit tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import pytest
+from kubernetes import client
 
 from navarch import api
 from navarch.errors import ApiError
@@ -40,6 +42,9 @@ class Backend(Protocol):
     def client(self) -> KubeApi:
         """The client under test, made on the running event loop."""
 
+    def pod(self, name: str, node: str) -> tuple[str, str]:
+        """A pod bound to ``node`` in namespace ``default``: its name and uid."""
+
 
 class Fake:
     def __init__(self) -> None:
@@ -56,11 +61,16 @@ class Fake:
     def client(self) -> KubeApi:
         return self.kube
 
+    def pod(self, name: str, node: str) -> tuple[str, str]:
+        body = self.kube.add_pod({"metadata": {"name": name}, "spec": {"nodeName": node}})
+        return name, str(body["metadata"]["uid"])
+
 
 class Real:
     def __init__(self, cluster: Cluster) -> None:
         self.world = World(cluster)
         self.login = functools.partial(credentials, str(cluster.kubeconfig))
+        self.pods: list[str] = []
 
     def node(self, suffix: str, labels: dict[str, str] | None = None) -> str:
         return self.world.node(suffix, labels=labels)
@@ -73,6 +83,23 @@ class Real:
 
     def client(self) -> KubeApi:
         return Kube(self.login, workers=4)
+
+    def pod(self, name: str, node: str) -> tuple[str, str]:
+        full = f"{name}-{self.world.case}"
+        # No controller manager here makes the namespace's default ServiceAccount.
+        account = {"metadata": {"name": "default"}}
+        with contextlib.suppress(client.ApiException):
+            self.world.core.create_namespaced_service_account("default", account)
+        body = {
+            "metadata": {"name": full},
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "c", "image": "registry.invalid/c"}],
+            },
+        }
+        created = self.world.core.create_namespaced_pod("default", body)
+        self.pods.append(full)
+        return full, str(created.metadata.uid)
 
 
 @pytest.fixture(params=["fake", "real"])
@@ -87,6 +114,9 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     try:
         yield real
     finally:
+        for pod in real.pods:
+            with contextlib.suppress(client.ApiException):
+                real.world.core.delete_namespaced_pod(pod, "default", grace_period_seconds=0)
         real.world.cleanup()
 
 
@@ -316,3 +346,55 @@ def test_an_event_is_recorded_about_its_object(backend: Backend) -> None:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# --- drains --------------------------------------------------------------------------------
+
+
+def names(pods: Any) -> list[str]:
+    return sorted(p["metadata"]["name"] for p in pods)
+
+
+def test_pods_are_listed_by_node_and_evicted_or_deleted_by_uid(backend: Backend) -> None:
+    async def scenario(backend: Backend, kube: KubeApi) -> None:
+        node = backend.node("drained")
+        other = backend.node("bystander")
+        first, first_uid = backend.pod("first", node)
+        second, second_uid = backend.pod("second", node)
+        third, _ = backend.pod("third", other)
+        assert names(await kube.list_pods(node)) == sorted([first, second])
+
+        # A uid that is not the pod's refuses the call: the pod was replaced meanwhile.
+        assert await rejected(kube.evict("default", first, "not-its-uid", 0)) == 409
+        assert await rejected(kube.delete_pod("default", second, "not-its-uid", 0)) == 409
+        assert await rejected(kube.evict("default", "no-such-pod", "uid", 0)) == 404
+
+        await kube.evict("default", first, first_uid, 0)
+        await kube.delete_pod("default", second, second_uid, 0)
+        assert names(await kube.list_pods(node)) == []
+        assert names(await kube.list_pods(other)) == [third]
+
+    against(backend, scenario)
+
+
+def test_a_drain_record_is_kept_whole_and_removed_by_null(backend: Backend) -> None:
+    async def scenario(backend: Backend, kube: KubeApi) -> None:
+        name = backend.node("record")
+        record = api.DrainStatus(
+            phase=api.DrainPhase.BLOCKED,
+            action="unhealthy",
+            policy="p",
+            start_time=datetime(2026, 1, 1, tzinfo=UTC),
+            pods_left=1,
+            pods=["default/a"],
+            blocked_by=["default/budget"],
+        ).model_dump(mode="json", by_alias=True)
+
+        written = await kube.patch_status(api.GNH_PLURAL, name, {"status": {"drain": record}})
+        assert written["status"]["drain"] == {k: v for k, v in record.items() if v is not None}
+        assert written["status"]["gpuCount"] == 4
+
+        cleared = await kube.patch_status(api.GNH_PLURAL, name, {"status": {"drain": None}})
+        assert "drain" not in cleared["status"]
+
+    against(backend, scenario)
