@@ -37,6 +37,13 @@ APPLIED_TAINT_ANNOTATION = f"{GROUP}/applied-taint"
 APPLIED_CORDON_ANNOTATION = f"{GROUP}/applied-cordon"
 APPLIED_AT_ANNOTATION = f"{GROUP}/applied-at"
 APPLIED_REASON_ANNOTATION = f"{GROUP}/applied-reason"
+NEEDS_SERVICE_LABEL = f"{GROUP}/needs-service"
+"""On a Node whose remediation ladder is spent: it is never released automatically."""
+SERVICED_ANNOTATION = f"{GROUP}/serviced"
+"""Set by an admin on a GpuNodeHealth (an RFC 3339 time) once the node has been serviced:
+clears NeedsService, and quarantines before it no longer count in ``history`` for rules."""
+NODE_LABEL = f"{GROUP}/node"
+STEP_LABEL = f"{GROUP}/step"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
 PART_OF = "navarch"
 """Navarch's own pods carry ``PART_OF_LABEL: PART_OF``; a drain never evicts them."""
@@ -97,6 +104,42 @@ class DrainPhase(enum.StrEnum):
     DRY_RUN = "DryRun"
 
 
+class Phase(enum.StrEnum):
+    """Where a node is on its way from a fault back to service."""
+
+    QUARANTINED = "Quarantined"
+    DRAINING = "Draining"
+    REMEDIATING = "Remediating"
+    VALIDATING = "Validating"
+    RELEASED = "Released"
+    NEEDS_SERVICE = "NeedsService"
+
+
+class StepFix(enum.StrEnum):
+    """What a remediation step fixes; the catalog's immediate action of an XID says where a
+    ladder starts."""
+
+    GPU_RESET = "GpuReset"
+    REBOOT = "Reboot"
+    OTHER = "Other"
+
+
+class StepPhase(enum.StrEnum):
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    TIMED_OUT = "TimedOut"
+    DRY_RUN = "DryRun"
+
+
+class Outcome(enum.StrEnum):
+    """How a quarantine ended, or that it has not."""
+
+    OPEN = "Open"
+    RELEASED = "Released"
+    NEEDS_SERVICE = "NeedsService"
+
+
 class XidSource(enum.StrEnum):
     NVML = "nvml"
     KMSG = "kmsg"
@@ -148,6 +191,15 @@ class Reason(enum.StrEnum):
     POD_EVICTED = "PodEvicted"
     POD_DELETED = "PodDeleted"
     PODS_LEFT = "PodsLeft"
+    STEP_STARTED = "RemediationStarted"
+    STEP_SUCCEEDED = "RemediationSucceeded"
+    STEP_FAILED = "RemediationFailed"
+    VALIDATION_STARTED = "ValidationStarted"
+    VALIDATION_PASSED = "ValidationPassed"
+    VALIDATION_FAILED = "ValidationFailed"
+    NEEDS_SERVICE = "NeedsService"
+    SERVICED = "Serviced"
+    AWAITING_VALIDATION = "AwaitingValidation"
 
 
 class Owner(enum.StrEnum):
@@ -386,6 +438,16 @@ class MatchedRule(Model):
     since: Time | None = Field(
         None, description="When the rule started matching without interruption."
     )
+    gpus: list[str] = Field(
+        default_factory=list,
+        description="UUIDs of the GPUs the rule found at fault, where the facts name them: what "
+        "a GPU reset step resets.",
+    )
+    actions: list[str] = Field(
+        default_factory=list,
+        description="The XID catalog's immediate actions behind the match, e.g. RESET_GPU: "
+        "where a remediation ladder starts.",
+    )
 
 
 class Verdict(Model):
@@ -416,6 +478,15 @@ class Verdict(Model):
         None,
         description="XidRecorded Events have been emitted for informational XIDs first seen up to "
         "this time, so a restarted operator does not repeat them.",
+    )
+    phase: Phase | None = Field(
+        None,
+        description="Where the node is on its way back to service: Quarantined, Draining, "
+        "Remediating, Validating, Released (after its last quarantine) or NeedsService.",
+        strict=False,
+    )
+    step: str | None = Field(
+        None, description="While Remediating or Validating: the step and its attempt."
     )
 
 
@@ -522,6 +593,68 @@ class DrainStatus(Model):
     message: str | None = Field(None, description="Human-readable summary.")
 
 
+class StepRecord(Model):
+    """One attempt of a remediation step, or of the validation."""
+
+    name: str = Field(description="The step's name.")
+    attempt: int = Field(1, description="Which attempt of the step this is.", ge=1)
+    phase: StepPhase = Field(
+        description="Running, Succeeded, Failed, TimedOut, or DryRun (planned, not created).",
+        strict=False,
+    )
+    start_time: Time | None = Field(None, description="When the step's object was created.")
+    end_time: Time | None = Field(None, description="When the step ended.")
+    object: str | None = Field(
+        None, description="The object the step created: Kind namespace/name."
+    )
+    message: str | None = Field(None, description="What the object's status said.")
+
+
+MAX_STEPS = 16
+"""Upper bound on the step records of one quarantine."""
+
+
+class RemediationStatus(Model):
+    """The remediation of the current quarantine."""
+
+    policy: str | None = Field(None, description="The GpuHealthPolicy that remediates.")
+    action: str = Field(description="Which of the policy's actions remediates.")
+    start: int = Field(
+        0, description="Index of the step the ladder started at (the fault's catalog action).", ge=0
+    )
+    steps: list[StepRecord] = Field(
+        default_factory=list,
+        description="The steps tried, in order; the last may be running.",
+        max_length=MAX_STEPS,
+    )
+    validation: StepRecord | None = Field(
+        None, description="The validation of this quarantine, once it has run or while it runs."
+    )
+    needs_service: bool = Field(
+        False, description="The ladder is spent: the node waits for a person."
+    )
+    message: str | None = Field(None, description="Human-readable summary.")
+
+
+MAX_HISTORY = 10
+"""Upper bound on ``status.history``."""
+
+
+class QuarantineRecord(Model):
+    """One quarantine of the node, kept after its release."""
+
+    rules: list[str] = Field(default_factory=list, description="Rules behind the quarantine.")
+    fault_time: Time | None = Field(None, description="Time of the earliest fault behind it.")
+    quarantine_time: Time = Field(description="When Navarch quarantined the node.")
+    steps: list[str] = Field(
+        default_factory=list, description="Remediation steps taken, as name:phase."
+    )
+    outcome: Outcome = Field(
+        description="Open (still quarantined), Released or NeedsService.", strict=False
+    )
+    release_time: Time | None = Field(None, description="When the node was released.")
+
+
 class GpuNodeHealthSpec(Model):
     """Identifies the node this object describes."""
 
@@ -572,6 +705,16 @@ class GpuNodeHealthStatus(Model):
         None,
         description="The drain of the quarantined node's workloads, while the quarantine "
         "lasts (operator-owned).",
+    )
+    remediation: Annotated[RemediationStatus | None, Owner.OPERATOR] = Field(
+        None,
+        description="The remediation steps and validation of the current quarantine "
+        "(operator-owned).",
+    )
+    history: Annotated[list[QuarantineRecord], Owner.OPERATOR] = Field(
+        default_factory=list,
+        description="The node's recent quarantines, newest last (operator-owned).",
+        max_length=MAX_HISTORY,
     )
 
 
@@ -671,6 +814,77 @@ class DrainSpec(Model):
     )
 
 
+class JobTemplate(Model):
+    """A Job to run on the node, from a ConfigMap in the operator's namespace whose ``job.yaml``
+    holds a Job manifest. The operator pins the Job's pod to the node, lets it tolerate the
+    quarantine, and gives it NAVARCH_NODE and NAVARCH_GPU_UUIDS (space-separated UUIDs of the
+    GPUs at fault) in its environment."""
+
+    config_map: str = Field(description="Name of the ConfigMap.", min_length=1)
+
+
+class ObjectTemplate(Model):
+    """A remediation template of any kind, as medik8s NodeHealthCheck uses them: the operator
+    creates one object of the template's kind without its Template suffix, named after the
+    node, from ``spec.template`` of the template, and reads its status conditions:
+    ``Succeeded`` True is success, ``Succeeded`` False is failure."""
+
+    api_version: str = Field(description="apiVersion of the template, e.g. group/v1alpha1.")
+    kind: str = Field(description="Kind of the template, ending in Template.")
+    name: str = Field(description="Name of the template object.")
+    namespace: str = Field(description="Namespace of the template object.")
+
+
+class RemediationStep(Model):
+    """One rung of a remediation ladder: a Job or a template object."""
+
+    name: str = Field(description="Step name.", min_length=1, max_length=40)
+    fixes: StepFix = Field(
+        StepFix.OTHER,
+        description="GpuReset, Reboot or Other: a fault whose catalog action is RESTART_BM or "
+        "RESTART_VM starts at the first Reboot step, RESET_GPU at the first GpuReset or Reboot "
+        "step.",
+        strict=False,
+    )
+    job: JobTemplate | None = Field(None, description="Run this Job on the node.")
+    template: ObjectTemplate | None = Field(
+        None, description="Create an object from this remediation template."
+    )
+    timeout: Duration = Field(
+        "15m",
+        description="How long the step may take, from its start until the node is healthy "
+        "again; after that the next step runs.",
+    )
+    attempts: int = Field(1, description="How often the step is tried before the next.", ge=1, le=5)
+
+
+NEEDS_SERVICE = "NeedsService"
+"""A ladder position past every step: ``startAt`` may name it."""
+
+
+class RemediationSpec(Model):
+    """A ladder of steps tried in order once the node is drained (or at once without a
+    drain), until the node is healthy again; when every step is spent, NeedsService."""
+
+    steps: list[RemediationStep] = Field(
+        default_factory=list, description="The ladder, least disruptive first."
+    )
+    start_at: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rule name to the step a quarantine by that rule starts at, or "
+        "NeedsService; overrides the start the XID catalog gives.",
+    )
+
+
+class ValidationSpec(Model):
+    """A check before release: once the node has been healthy for healthyFor, a Job runs on
+    it, still quarantined, and the node is released only if the Job succeeds. A failure moves
+    the node up its ladder."""
+
+    job: JobTemplate = Field(description="The validation Job, e.g. a DCGM diagnostic.")
+    timeout: Duration = Field("30m", description="How long the validation may take.")
+
+
 class ActionSpec(Model):
     """What to do to a node of one severity."""
 
@@ -682,6 +896,11 @@ class ActionSpec(Model):
         None,
         description="Evict the node's workloads once it is quarantined; needs a taint or a "
         "cordon, or evicted pods come back. No drain when absent.",
+    )
+    remediate: RemediationSpec | None = Field(
+        None,
+        description="Remediation steps for a quarantined node; needs a taint or a cordon. "
+        "None when absent: the node waits for a person or an outside fix.",
     )
 
 
@@ -731,6 +950,16 @@ class DrainLimits(Model):
     )
 
 
+class RemediationLimits(Model):
+    """Limits on the remediations of one policy."""
+
+    max_nodes: IntOrString = Field(
+        "10%",
+        description="At most this many (or this percent, rounded up) of governed nodes run a "
+        "remediation step or validation at once. At least one.",
+    )
+
+
 class GpuHealthPolicySpec(Model):
     """Which nodes a policy governs, how it judges them and what it does."""
 
@@ -763,6 +992,12 @@ class GpuHealthPolicySpec(Model):
     )
     drain_limits: DrainLimits | None = Field(
         None, description="How much draining this policy does at once."
+    )
+    remediation_limits: RemediationLimits | None = Field(
+        None, description="How much remediating this policy does at once."
+    )
+    validation: ValidationSpec | None = Field(
+        None, description="A check each quarantined node passes before its release."
     )
 
 

@@ -43,6 +43,7 @@ from navarch.operator.kube import KubeApi, unavailable
 from navarch.operator.model import Event, EventType
 from navarch.operator.pace import Pace
 from navarch.operator.policy import storm_limit
+from navarch.operator.slots import Slots
 from navarch.operator.writer import post_events
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,7 @@ class Drainer:
         self._rand = rand
         self._orders: dict[str, Order] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._slots: dict[str, set[str]] = {}
-        """Nodes draining, by policy."""
-        self._queued: dict[str, tuple[datetime, str]] = {}
-        """Nodes waiting for a slot: since when, and their policy."""
+        self._slots = Slots()
         self._paces: dict[str, Pace] = {}
         self._phases: dict[str, tuple[str, api.DrainPhase]] = {}
         self._clearing: dict[str, asyncio.Task[None]] = {}
@@ -166,9 +164,7 @@ class Drainer:
             self._clearing[node] = asyncio.create_task(self._clear(node), name=f"undrain {node}")
 
     def _leave(self, node: str) -> None:
-        for holders in self._slots.values():
-            holders.discard(node)
-        self._queued.pop(node, None)
+        self._slots.leave(node)
 
     def _gauge(self) -> None:
         metrics.DRAINS.clear()
@@ -193,7 +189,7 @@ class Drainer:
                 return
             if recorded is not None and recorded.phase in ACTIVE and recorded.start_time:
                 # Resumed: the slot it held before the restart is its own.
-                self._slots.setdefault(order.policy, set()).add(node)
+                self._slots.take(node, order.policy)
                 log.info("resuming the drain of %s (%s)", node, recorded.phase)
             else:
                 recorded = None
@@ -210,25 +206,18 @@ class Drainer:
             self._leave(node)
 
     async def _wait_for_slot(self, node: str) -> None:
-        order = self._orders[node]
-        self._queued.setdefault(node, (self.clock(), order.policy))
         written = False
         while True:
             order = self._orders[node]
-            holders = self._slots.setdefault(order.policy, set())
-            waiting = sorted((t, n) for n, (t, p) in self._queued.items() if p == order.policy)
-            free = order.max_nodes - len(holders)
-            if free > 0 and node in {n for _, n in waiting[:free]}:
-                del self._queued[node]
-                holders.add(node)
+            if self._slots.try_take(node, order.policy, order.max_nodes, self.clock()):
                 return
             if not written:
                 status = api.DrainStatus(
                     phase=api.DrainPhase.PENDING,
                     action=order.action,
                     policy=order.policy,
-                    message=f"waiting for a drain slot: {len(holders)} of the policy's "
-                    f"{order.max_nodes} nodes are draining",
+                    message=f"waiting for a drain slot: {self._slots.held(order.policy)} of "
+                    f"the policy's {order.max_nodes} nodes are draining",
                 )
                 written = await self._write(node, status)
             await self._sleep(POLL)

@@ -8,6 +8,7 @@ that takes the typed object.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -192,6 +193,10 @@ class HealthView:
     error: str | None
     """Why the status does not match the API, naming the field (reason InvalidStatus)."""
     recorded: Recorded
+    history: tuple[api.QuarantineRecord, ...] = ()
+    """The quarantines since the node was last serviced (``navarch.dev/serviced``)."""
+    wire_history: tuple[Mapping[str, Any], ...] = ()
+    """The same, as written, for the CEL rules."""
 
     @classmethod
     def parse(
@@ -201,18 +206,42 @@ class HealthView:
         facts = {k: v for k, v in status.items() if k in api.AGENT_STATUS_KEYS}
         if not status:
             return cls(annotations, facts, None, None, Recorded(generation))
-        # The drain is the drainer's record, read apart (``stored_drain``): an edited one must
-        # not make the agent's facts unreadable.
-        judged = {k: v for k, v in status.items() if k != "drain"}
+        history = _since_serviced(status, annotations)
+        # The drain, the remediation and the history are the operator's records, read apart:
+        # an edited one must not make the agent's facts unreadable.
+        judged = {k: v for k, v in status.items() if k not in _RECORDS}
         try:
             parsed = from_wire(api.GpuNodeHealthStatus, judged, "status")
         except InvalidObjectError as err:
             # The operator's own keys are still read, so the verdict's transitions and the
             # conditions' times survive an agent that writes garbage.
             recorded = Recorded(generation, _stored_verdict(status), _stored_conditions(status))
-            return cls(annotations, facts, None, str(err), recorded)
+            return cls(annotations, facts, None, str(err), recorded, *history)
         recorded = Recorded(generation, parsed.verdict, parsed.conditions)
-        return cls(annotations, facts, parsed, None, recorded)
+        return cls(annotations, facts, parsed, None, recorded, *history)
+
+
+_RECORDS = frozenset({"drain", "remediation", "history"})
+
+
+def _since_serviced(
+    status: Mapping[str, Any], annotations: Mapping[str, str]
+) -> tuple[tuple[api.QuarantineRecord, ...], tuple[Mapping[str, Any], ...]]:
+    """The history's readable records after the node was last serviced, typed and as written."""
+    serviced = None
+    with contextlib.suppress(ValueError):
+        mark = annotations.get(api.SERVICED_ANNOTATION)
+        serviced = parse_time(mark) if mark else None
+    typed, wire = [], []
+    for raw in status.get("history") or []:
+        try:
+            record = from_wire(api.QuarantineRecord, raw, "status.history[]")
+        except InvalidObjectError:
+            continue
+        if serviced is None or record.quarantine_time > serviced:
+            typed.append(record)
+            wire.append(raw)
+    return tuple(typed), tuple(wire)
 
 
 def _stored_verdict(status: Mapping[str, Any]) -> api.Verdict | None:
@@ -234,6 +263,26 @@ def stored_drain(status: Mapping[str, Any]) -> api.DrainStatus | None:
         return from_wire(api.DrainStatus, raw, "status.drain")
     except InvalidObjectError:
         return None
+
+
+def stored_remediation(status: Mapping[str, Any]) -> api.RemediationStatus | None:
+    """The remediation recorded in a status; None if there is none or it is out of shape."""
+    raw = status.get("remediation")
+    if raw is None:
+        return None
+    try:
+        return from_wire(api.RemediationStatus, raw, "status.remediation")
+    except InvalidObjectError:
+        return None
+
+
+def stored_history(status: Mapping[str, Any]) -> list[api.QuarantineRecord]:
+    """The whole recorded history; unreadable records are left out."""
+    out = []
+    for raw in status.get("history") or []:
+        with contextlib.suppress(InvalidObjectError):
+            out.append(from_wire(api.QuarantineRecord, raw, "status.history[]"))
+    return out
 
 
 def _stored_conditions(status: Mapping[str, Any]) -> list[api.Condition]:

@@ -30,12 +30,13 @@ from navarch.durations import parse_duration
 from navarch.errors import InvalidObjectError, PolicyError
 from navarch.operator import rules as builtin
 from navarch.operator.drain_plan import DrainRule, compile_drain
+from navarch.operator.ladder import Ladder, compile_ladder
 from navarch.operator.rules import Check, RuleInputs
 from navarch.wire import from_wire, to_wire
 
 log = logging.getLogger(__name__)
 
-VARIABLES = frozenset({"status", "labels", "gpus", "xids"})
+VARIABLES = frozenset({"status", "labels", "gpus", "xids", "history", "now"})
 _MACRO_BINDING = re.compile(
     r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,"
 )
@@ -65,6 +66,10 @@ class RuleMatch:
     message: str
     fault_time: datetime | None
     """When the fault began, where the facts say; None for plain CEL rules."""
+    gpus: tuple[str, ...] = ()
+    """UUIDs of the GPUs at fault, where the facts name them."""
+    actions: tuple[str, ...] = ()
+    """The catalog's immediate actions of the XIDs behind the match."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,12 @@ class RuleError:
 
     rule: str
     message: str
+
+
+@dataclass(frozen=True)
+class Validation:
+    job: api.JobTemplate
+    timeout: timedelta
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,10 @@ class CompiledPolicy:
     drains: Mapping[str, DrainRule]
     """The compiled drain of each action that has one, by action name (``ACTION_NAMES``)."""
     drain_limits: api.DrainLimits
+    ladders: Mapping[str, Ladder]
+    """The compiled remediation ladder of each action that has one, by action name."""
+    remediation_limits: api.RemediationLimits
+    validation: Validation | None
     cel_variables: frozenset[str]
     """Variables the CEL-evaluated rules read; only these are converted for each node."""
 
@@ -123,6 +138,9 @@ class CompiledPolicy:
         drain = self.drains.get(name) if name is not None else None
         return (name, drain) if name is not None and drain is not None else None
 
+    def ladder_for(self, action: str) -> Ladder | None:
+        return self.ladders.get(action)
+
     def rule(self, name: str) -> CompiledRule | None:
         return next((r for r in self.rules if r.name == name), None)
 
@@ -137,7 +155,10 @@ class CompiledPolicy:
                 if findings:
                     times = [f.time for f in findings if f.time is not None]
                     message = builtin.summarise(findings)
-                    matches.append(RuleMatch(rule, message, min(times) if times else None))
+                    first = min(times) if times else None
+                    gpus = tuple(dict.fromkeys(f.gpu for f in findings if f.gpu))
+                    actions = tuple(dict.fromkeys(f.action for f in findings if f.action))
+                    matches.append(RuleMatch(rule, message, first, gpus, actions))
                 continue
             if context is None:
                 context = self._context(inputs)
@@ -163,6 +184,8 @@ class CompiledPolicy:
             "labels": inputs.labels,
             "gpus": inputs.wire_status.get("gpus") or [],
             "xids": inputs.wire_xids,
+            "history": inputs.wire_history,
+            "now": inputs.now,
         }
         context = cel.Context()
         for name in self.cel_variables:
@@ -223,19 +246,16 @@ def compile_policy(name: str, generation: int | None, spec: Mapping[str, Any]) -
         check_max_unhealthy(limits.max_nodes)
     except ValueError as err:
         raise PolicyError(name, f"spec.drainLimits.maxNodes: {err}") from err
-    drains = {}
-    for key in ACTION_NAMES:
-        action: api.ActionSpec = getattr(actions, key)
-        if action.drain is None:
-            continue
-        path = f"spec.actions.{key}.drain"
-        if action.taint == api.TaintEffect.NONE and not action.cordon:
-            problem = "needs a taint or a cordon as well, or evicted pods are scheduled back"
-            raise PolicyError(name, f"{path}: {problem}")
-        try:
-            drains[key] = compile_drain(action.drain)
-        except ValueError as err:
-            raise PolicyError(name, f"{path}.{err}") from err
+    drains, ladders = _compile_actions(name, actions)
+    remediation_limits = parsed.remediation_limits or api.RemediationLimits()
+    try:
+        check_max_unhealthy(remediation_limits.max_nodes)
+    except ValueError as err:
+        raise PolicyError(name, f"spec.remediationLimits.maxNodes: {err}") from err
+    validation = None
+    if parsed.validation is not None:
+        timeout = _duration(name, "spec.validation.timeout", parsed.validation.timeout)
+        validation = Validation(parsed.validation.job, timeout)
 
     rules = [_compile_rule(name, i, rule) for i, rule in enumerate(_all_rules(name, parsed))]
     variables = frozenset[str]().union(*(r.program.variables() for r in rules if r.twin is None))
@@ -256,8 +276,41 @@ def compile_policy(name: str, generation: int | None, spec: Mapping[str, Any]) -
         max_unhealthy=parsed.max_unhealthy,
         drains=drains,
         drain_limits=limits,
+        ladders=ladders,
+        remediation_limits=remediation_limits,
+        validation=validation,
         cel_variables=variables & VARIABLES,
     )
+
+
+def _compile_actions(
+    name: str, actions: api.Actions
+) -> tuple[dict[str, DrainRule], dict[str, Ladder]]:
+    """The drains and remediation ladders of the policy's actions, by action name."""
+    drains: dict[str, DrainRule] = {}
+    ladders: dict[str, Ladder] = {}
+    for key in ACTION_NAMES:
+        action: api.ActionSpec = getattr(actions, key)
+        quarantines = action.taint != api.TaintEffect.NONE or action.cordon
+        if action.drain is not None:
+            path = f"spec.actions.{key}.drain"
+            if not quarantines:
+                problem = "needs a taint or a cordon as well, or evicted pods are scheduled back"
+                raise PolicyError(name, f"{path}: {problem}")
+            try:
+                drains[key] = compile_drain(action.drain)
+            except ValueError as err:
+                raise PolicyError(name, f"{path}.{err}") from err
+        if action.remediate is not None:
+            path = f"spec.actions.{key}.remediate"
+            if not quarantines:
+                problem = "needs a taint or a cordon as well: remediation works on quarantines"
+                raise PolicyError(name, f"{path}: {problem}")
+            try:
+                ladders[key] = compile_ladder(action.remediate)
+            except ValueError as err:
+                raise PolicyError(name, f"{path}.{err}") from err
+    return drains, ladders
 
 
 def compile_generation(
@@ -379,16 +432,53 @@ def storm_limit(max_unhealthy: int | str, governed: int) -> int:
     return allowed
 
 
+GPU_RESET_JOB = "navarch-gpu-reset"
+REBOOT_JOB = "navarch-reboot"
+VALIDATION_JOB = "navarch-gpu-validate"
+"""ConfigMaps the chart ships in the operator's namespace, each with a Job in ``job.yaml``."""
+
+
+def default_ladder() -> api.RemediationSpec:
+    """Reset the GPUs at fault, then ask for a reboot; faults a reset or a reboot cannot fix
+    (the catalog's CONTACT_SUPPORT and CHECK_MECHANICALS, a failed row remap, a node that keeps
+    coming back) go straight to NeedsService."""
+    return api.RemediationSpec(
+        steps=[
+            api.RemediationStep(
+                name="gpu-reset",
+                fixes=api.StepFix.GPU_RESET,
+                job=api.JobTemplate(config_map=GPU_RESET_JOB),
+                timeout="10m",
+            ),
+            api.RemediationStep(
+                name="reboot",
+                fixes=api.StepFix.REBOOT,
+                job=api.JobTemplate(config_map=REBOOT_JOB),
+                timeout="30m",
+            ),
+        ],
+        start_at={
+            "row-remap-failure": api.NEEDS_SERVICE,
+            "repeat-offender": api.NEEDS_SERVICE,
+        },
+    )
+
+
 def default_policy_spec() -> api.GpuHealthPolicySpec:
-    """The default policy: every built-in rule and every default, spelled out, and a drain of
-    the GPU pods of Unhealthy nodes."""
+    """The default policy: every built-in rule and every default, spelled out; Unhealthy nodes
+    have their GPU pods drained and then go up the default ladder."""
     return api.GpuHealthPolicySpec(
         priority=DEFAULT_PRIORITY,
         rules=builtin.default_rules(),
         actions=api.Actions(
-            unhealthy=api.ActionSpec(taint=api.TaintEffect.NO_SCHEDULE, drain=api.DrainSpec())
+            unhealthy=api.ActionSpec(
+                taint=api.TaintEffect.NO_SCHEDULE,
+                drain=api.DrainSpec(),
+                remediate=default_ladder(),
+            )
         ),
         drain_limits=api.DrainLimits(),
+        remediation_limits=api.RemediationLimits(),
         recovery=api.Recovery(),
         xids=api.XidPolicy(),
     )

@@ -2,7 +2,9 @@
 
 The rules are CEL, exactly as the Helm chart ships them in the ``default`` policy, over the
 variables ``status`` (agent-owned GpuNodeHealth status keys, wire form), ``labels`` (Node
-labels), ``gpus`` (``status.gpus``) and ``xids`` (the active XIDs, wire form).
+labels), ``gpus`` (``status.gpus``), ``xids`` (the active XIDs, wire form), ``history`` (the
+node's quarantines since it was last serviced, ``status.history`` in wire form) and ``now``
+(a timestamp).
 
 Each default rule also has a Python twin that finds the same problems on the typed status and
 names the GPU behind each one. The twin runs instead of the CEL program whenever a rule's
@@ -16,11 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from navarch import api
-from navarch.gpu import GPU_PRESENT_LABEL, gpu_label, xid_label
+from navarch.gpu import GPU_PRESENT_LABEL, GpuIdentity, gpu_label, xid_label
 from navarch.xid_catalog import HARDWARE_ACTIONS, RESET_ACTIONS, UNKNOWN_ACTION
 
 RETIRED_PAGE_LIMIT = 64
@@ -47,6 +49,10 @@ class RuleInputs:
     wire_status: Mapping[str, Any]
     """Agent-owned keys of the status as written; the verdict is not a fact to judge."""
     wire_xids: Sequence[Mapping[str, Any]]
+    history: Sequence[api.QuarantineRecord] = ()
+    """The node's quarantines since it was last serviced, newest last."""
+    wire_history: Sequence[Mapping[str, Any]] = ()
+    now: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,10 @@ class Finding:
     text: str
     time: datetime | None = None
     """When the fault began, where the facts say (an XID's first sighting)."""
+    gpu: str | None = None
+    """UUID of the GPU at fault, where known."""
+    action: str | None = None
+    """The catalog's immediate action, for an XID."""
 
 
 Check = Callable[[RuleInputs], list[Finding]]
@@ -94,6 +104,8 @@ def _xids_in(buckets: frozenset[str]) -> Check:
             Finding(
                 f"{xid_label(x, inputs.status.gpus)} needs {x.immediate_action}",
                 x.time,
+                GpuIdentity.of_xid(x).resolved(inputs.status.gpus).uuid,
+                x.immediate_action,
             )
             for x in inputs.xids
             if x.immediate_action in buckets
@@ -129,7 +141,8 @@ def _ecc_uncorrectable(inputs: RuleInputs) -> list[Finding]:
     return [
         Finding(
             f"{gpu_label(g)}: {g.ecc.volatile_uncorrected} uncorrectable ECC errors "
-            "since the driver loaded"
+            "since the driver loaded",
+            gpu=g.uuid,
         )
         for g in inputs.status.gpus
         if g.ecc and g.ecc.volatile_uncorrected and g.ecc.volatile_uncorrected > 0
@@ -143,7 +156,9 @@ ROW_REMAP_PENDING = (
 
 def _row_remap_pending(inputs: RuleInputs) -> list[Finding]:
     return [
-        Finding(f"{gpu_label(g)}: row remapping pending, takes effect after a GPU reset")
+        Finding(
+            f"{gpu_label(g)}: row remapping pending, takes effect after a GPU reset", gpu=g.uuid
+        )
         for g in inputs.status.gpus
         if g.row_remapping and g.row_remapping.pending
     ]
@@ -156,7 +171,7 @@ ROW_REMAP_FAILURE = (
 
 def _row_remap_failure(inputs: RuleInputs) -> list[Finding]:
     return [
-        Finding(f"{gpu_label(g)}: row remapping failed, the GPU needs service")
+        Finding(f"{gpu_label(g)}: row remapping failed, the GPU needs service", gpu=g.uuid)
         for g in inputs.status.gpus
         if g.row_remapping and g.row_remapping.failure
     ]
@@ -179,10 +194,13 @@ def _retired_pages(inputs: RuleInputs) -> list[Finding]:
         total = (pages.single_bit or 0) + (pages.double_bit or 0)
         if total >= RETIRED_PAGE_LIMIT:
             findings.append(
-                Finding(f"{gpu_label(g)}: {total} retired pages (limit {RETIRED_PAGE_LIMIT})")
+                Finding(
+                    f"{gpu_label(g)}: {total} retired pages (limit {RETIRED_PAGE_LIMIT})",
+                    gpu=g.uuid,
+                )
             )
         elif pages.pending:
-            findings.append(Finding(f"{gpu_label(g)}: page retirement pending"))
+            findings.append(Finding(f"{gpu_label(g)}: page retirement pending", gpu=g.uuid))
     return findings
 
 
@@ -190,7 +208,9 @@ GPU_ERROR = 'gpus.exists(g, has(g.error) && g.error != "")'
 
 
 def _gpu_error(inputs: RuleInputs) -> list[Finding]:
-    return [Finding(f"{gpu_label(g)}: {g.error}") for g in inputs.status.gpus if g.error]
+    return [
+        Finding(f"{gpu_label(g)}: {g.error}", gpu=g.uuid) for g in inputs.status.gpus if g.error
+    ]
 
 
 GPU_MISSING = (
@@ -215,7 +235,8 @@ def _nvlink_down(inputs: RuleInputs) -> list[Finding]:
         down = [str(link.link) for link in g.nvlinks if link.active is False]
         if down:
             plural = "s" if len(down) > 1 else ""
-            findings.append(Finding(f"{gpu_label(g)}: NVLink{plural} {', '.join(down)} down"))
+            text = f"{gpu_label(g)}: NVLink{plural} {', '.join(down)} down"
+            findings.append(Finding(text, gpu=g.uuid))
     return findings
 
 
@@ -247,8 +268,28 @@ def _gpu_throttled(inputs: RuleInputs) -> list[Finding]:
     for g in inputs.status.gpus:
         reasons = [r for r in g.throttle_reasons if r in HW_THROTTLE_REASONS]
         if reasons:
-            findings.append(Finding(f"{gpu_label(g)}: throttled by {', '.join(reasons)}"))
+            text = f"{gpu_label(g)}: throttled by {', '.join(reasons)}"
+            findings.append(Finding(text, gpu=g.uuid))
     return findings
+
+
+REPEAT_QUARANTINES = 3
+REPEAT_WINDOW_HOURS = 168
+REPEAT_OFFENDER = (
+    f"size(history.filter(h, timestamp(h.quarantineTime) > "
+    f'now - duration("{REPEAT_WINDOW_HOURS}h"))) >= {REPEAT_QUARANTINES}'
+)
+
+
+def _repeat_offender(inputs: RuleInputs) -> list[Finding]:
+    if inputs.now is None:
+        return []
+    since = inputs.now - timedelta(hours=REPEAT_WINDOW_HOURS)
+    recent = [h for h in inputs.history if h.quarantine_time > since]
+    if len(recent) < REPEAT_QUARANTINES:
+        return []
+    days = REPEAT_WINDOW_HOURS // 24
+    return [Finding(f"quarantined {len(recent)} times in {days} days", recent[0].quarantine_time)]
 
 
 def _rule(
@@ -337,6 +378,14 @@ DEFAULT_RULES: tuple[DefaultRule, ...] = (
         NVML_UNAVAILABLE,
         "NVML does not work on a node that should have GPUs.",
         _nvml_unavailable,
+    ),
+    _rule(
+        "repeat-offender",
+        "Unhealthy",
+        REPEAT_OFFENDER,
+        f"Quarantined {REPEAT_QUARANTINES} times in {REPEAT_WINDOW_HOURS // 24} days: the node "
+        "needs service, not another reset.",
+        _repeat_offender,
     ),
     _rule(
         "gpu-throttled",

@@ -194,6 +194,9 @@ def _judge(
         labels=labels,
         wire_status=health.facts,
         wire_xids=[raw_xids[i] for i in active],
+        history=health.history,
+        wire_history=health.wire_history,
+        now=now,
     )
     matches, errors = policy.evaluate_rules(inputs)
     counted, pending = _sustain(matches, previous, now)
@@ -316,7 +319,12 @@ def _sustain(
 
 def _matched(match: RuleMatch, since: datetime) -> api.MatchedRule:
     return api.MatchedRule(
-        name=match.rule.name, severity=match.rule.severity, message=match.message, since=since
+        name=match.rule.name,
+        severity=match.rule.severity,
+        message=match.message,
+        since=since,
+        gpus=list(match.gpus),
+        actions=list(match.actions),
     )
 
 

@@ -2,8 +2,8 @@
 
 Shared by the integration tests, the fleet simulator and the benchmarks: each starts the
 installed console script against a kubeconfig, waits for its readiness probe, and may SIGKILL
-it (no cleanup handler, no drain, writes cut wherever they are) to prove a restart loses
-nothing.
+it (no cleanup handler, no waiting for writes in flight, writes cut wherever they are) to prove
+a restart loses nothing.
 """
 
 from __future__ import annotations

@@ -402,8 +402,14 @@ def test_default_policy_settings() -> None:
     assert policy.xid_window.total_seconds() == 24 * 3600
     assert policy.max_unhealthy == "10%"
     assert policy.unhealthy_action == api.ActionSpec(
-        taint="NoSchedule", cordon=False, drain=api.DrainSpec()
+        taint="NoSchedule",
+        cordon=False,
+        drain=api.DrainSpec(),
+        remediate=policy_module.default_ladder(),
     )
+    ladder = policy.ladders["unhealthy"]
+    assert [s.name for s in ladder.steps] == ["gpu-reset", "reboot"]
+    assert ladder.start_at["row-remap-failure"] == ladder.spent
     assert policy.drains["unhealthy"].pods == api.DrainPods.GPU_PODS
     assert policy.degraded_action == api.ActionSpec(taint="None", cordon=False)
     assert policy.stale_action == api.ActionSpec(taint="None", cordon=False)

@@ -91,8 +91,18 @@ def with_xids(*xids: dict[str, Any]) -> dict[str, Any]:
 
 GPU3 = "GPU 3 (GPU-0003-5f1f, 0000:1b:00.0)"
 
+
 # (rule, status that matches, labels, words the message must contain)
+def quarantined_on(*days: int) -> dict[str, Any]:
+    """A healthy status whose history has a quarantine on each of these days of May 2025."""
+    history = [
+        {"quarantineTime": f"2025-05-{day:02d}T08:00:00Z", "outcome": "Released"} for day in days
+    ]
+    return {**healthy_status(), "history": history}
+
+
 MATCHING: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
+    ("repeat-offender", quarantined_on(26, 29, 31), {}, ["quarantined 3 times in 7 days"]),
     (
         "xid-needs-reset",
         with_xids(xid(79, "RESET_GPU", mnemonic="GPU_HAS_FALLEN_OFF_THE_BUS")),
@@ -198,6 +208,9 @@ NOT_MATCHING: list[tuple[str, dict[str, Any], dict[str, str]]] = [
         {"nvidia.com/gpu.present": "false"},
     ),
     ("gpu-throttled", with_gpu(3, throttleReasons=["SwPowerCap", "SwThermalSlowdown"]), {}),
+    # The first of the three is more than seven days before NOW (June 1st, noon).
+    ("repeat-offender", quarantined_on(20, 29, 31), {}),
+    ("repeat-offender", quarantined_on(30, 31), {}),
 ]
 
 

@@ -11,7 +11,7 @@ import navarch.operator
 
 PACKAGE = Path(navarch.operator.__file__).parent
 STAGES = [
-    ["model", "drain_plan", "pace"],
+    ["model", "drain_plan", "ladder", "pace", "slots"],
     ["rules"],
     ["policy"],
     ["verdict"],

@@ -150,7 +150,7 @@ def test_healthy_node() -> None:
         "AllChecksPassed",
         "None",
     )
-    assert verdict.message == "all 12 rules passed"
+    assert verdict.message == "all 13 rules passed"
     assert verdict.fault_time is None
     assert judgement.recheck_after == timedelta(minutes=2) - timedelta(seconds=10)
 

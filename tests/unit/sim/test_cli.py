@@ -10,7 +10,7 @@ import pytest
 from navarch.sim import cli
 from navarch.testing.controlplane import REPO_ROOT
 
-from .test_report import make_result
+from .test_report import make_result, with_drains
 
 
 def test_check_accepts_the_examples_and_names_each(capsys: pytest.CaptureFixture[str]) -> None:
@@ -46,3 +46,31 @@ def test_report_renders_the_page_again_from_result_json(tmp_path: Path) -> None:
     page = (tmp_path / "report.html").read_text()
     assert "again" in page
     assert "a check" in page
+
+
+def test_the_summary_gives_the_drains_when_the_run_had_them() -> None:
+    result = with_drains(make_result())
+    result["api"]["writesPerNodePerMinute"] = None
+
+    lines = cli.summary(result).splitlines()
+
+    assert (
+        "  drains: 21 (20 Drained, 1 TimedOut); 160 pods evicted, 0 deleted, 352 of 512 left; "
+        "61.5 evictions/s, peak 88/s"
+    ) in lines
+    assert any(line.startswith("  quarantine-to-drained: n=20 p50 ") for line in lines)
+    assert any(line.startswith("  drain start-to-drained (status.drain): n=20") for line in lines)
+    assert any(
+        line.startswith(
+            "  drains of t=20s xid 79 x20: 160 pods, 77.2 evictions/s first to last, "
+            "61.5/s from the fault; quarantine-to-drained n=20"
+        )
+        for line in lines
+    )
+
+
+def test_the_summary_of_a_run_without_drains_says_nothing_of_them() -> None:
+    result = make_result()
+    result["api"]["writesPerNodePerMinute"] = None
+
+    assert "drain" not in cli.summary(result)

@@ -316,3 +316,63 @@ def test_summary_shows_seconds_to_three_decimals_and_nulls_as_dash() -> None:
 
     assert "<td>1.235</td>" in page
     assert "<td>—</td>" in page
+
+
+def with_drains(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with pods on its nodes and the drains' section."""
+    drained = [2.0 + 0.1 * i for i in range(20)]
+    result["scenario"]["podsPerNode"] = 8
+    for sample in result["timeline"]:
+        sample["podsLeft"] = max(0, 512 - 8 * int(sample["t"]))
+    result["drain"] = {
+        "podsPerNode": 8,
+        "pods": 512,
+        "podsLeft": 352,
+        "drains": 21,
+        "phases": {"Drained": 20, "TimedOut": 1},
+        "evicted": 160,
+        "deleted": 0,
+        "podsRemoved": 160,
+        "evictionsPerSecond": 61.5,
+        "peakEvictionsPerSecond": 88.0,
+        "quarantineToDrained": latency(drained),
+        "quarantineToPodsGone": latency([d - 1 for d in drained]),
+        "quarantineToStart": latency([0.01] * 21),
+        "drainDuration": latency(drained),
+        "byStep": {
+            "t=20s xid 79 x20": {
+                "nodes": 20,
+                "podsRemoved": 160,
+                "evictionsPerSecond": 77.25,
+                "evictionsPerSecondFromFault": 61.5,
+                "quarantineToDrained": latency(drained),
+            }
+        },
+        "nodes": [],
+    }
+    return result
+
+
+def test_drains_add_their_latencies_card_steps_and_pods_plot() -> None:
+    page = render_html(with_drains(make_result()))
+
+    assert "8 GPU pods each" in page
+    assert "<td>Quarantine → drained</td><td>20</td>" in page
+    assert "<td>Drain start → drained</td>" in page
+    assert "<h3>Drains</h3>" in page
+    assert "<td>TimedOut</td><td>1</td>" in page
+    assert "<td>Evictions/s</td><td>61.5</td>" in page
+    assert "<td>Peak evictions/s</td><td>88.0</td>" in page
+    assert "<td>Pods left / created</td><td>352 / 512</td>" in page
+    assert "<td>t=20s xid 79 x20</td><td>20</td><td>160</td><td>77.2</td><td>61.5</td>" in page
+    titles = [svg.get("aria-label") for svg in svgs(page)]
+    assert titles == [*PLOT_TITLES[:3], "Pods over time", *PLOT_TITLES[3:]]
+    assert len(svg_titled(page, "Latency CDF").findall(f"{SVG_NS}polyline")) == 3
+
+
+def test_a_result_without_drains_shows_none_of_theirs() -> None:
+    page = render_html(make_result())
+
+    assert "GPU pods each" not in page
+    assert "Drains" not in page
+    assert "Quarantine → drained" not in page

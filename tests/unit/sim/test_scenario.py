@@ -503,3 +503,96 @@ def test_single_rack_holds_every_node() -> None:
     scenario = build(fleet={"nodes": 7})
 
     assert {scenario.rack_of(i) for i in range(7)} == {0}
+
+
+def drain_policy(**drain: Any) -> dict[str, Any]:
+    return {"actions": {"unhealthy": {"taint": "NoSchedule", "drain": drain}}}
+
+
+def test_pods_per_node_defaults_to_none_and_no_drain() -> None:
+    scenario = build()
+
+    assert scenario.pods_per_node == 0
+    assert scenario.drains is False
+    assert scenario.drain_for("unhealthy") is None
+
+
+def test_pods_per_node_and_the_policys_drain_are_read() -> None:
+    scenario = build(
+        fleet={"podsPerNode": 8},
+        policy={
+            **drain_policy(timeout="5m"),
+            "drainLimits": {"maxNodes": "100%", "evictionsPerSecond": 100},
+        },
+    )
+
+    assert scenario.pods_per_node == 8
+    assert scenario.drains is True
+    drain = scenario.drain_for("unhealthy")
+    assert drain is not None and drain.timeout == "5m"
+    assert scenario.drain_for("stale") is None
+    limits = scenario.policy_spec.drain_limits
+    assert limits is not None
+    assert (limits.max_nodes, limits.evictions_per_second) == ("100%", 100.0)
+
+
+def test_a_dry_run_policy_does_not_drain() -> None:
+    assert build(policy={**drain_policy(), "dryRun": True}).drains is False
+
+
+def test_as_many_pods_as_gpus_is_accepted() -> None:
+    assert build(fleet={"gpusPerNode": 4, "podsPerNode": 4}).pods_per_node == 4
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        (scenario_data(fleet={"podsPerNode": 9}), "scenario.fleet.podsPerNode"),
+        (scenario_data(fleet={"podsPerNode": -1}), "scenario.fleet.podsPerNode"),
+        (
+            scenario_data(fleet={"gpusPerNode": 2, "podsPerNode": 3}),
+            "scenario.fleet.podsPerNode",
+        ),
+        (
+            scenario_data(policy=drain_policy(timeout="soon")),
+            "scenario.policy.actions.unhealthy.drain.timeout",
+        ),
+        (
+            scenario_data(policy=drain_policy(gracePeriod="-")),
+            "scenario.policy.actions.unhealthy.drain.gracePeriod",
+        ),
+        (
+            scenario_data(policy=drain_policy(gpuResources=[])),
+            "scenario.policy.actions.unhealthy.drain.gpuResources",
+        ),
+        (
+            scenario_data(
+                policy={"actions": {"unhealthy": {"taint": "None", "drain": {"timeout": "1m"}}}}
+            ),
+            "scenario.policy.actions.unhealthy.drain",
+        ),
+        (
+            scenario_data(policy={"drainLimits": {"maxNodes": "200%"}}),
+            "scenario.policy.drainLimits.maxNodes",
+        ),
+        (
+            scenario_data(policy={"drainLimits": {"evictionsPerSecond": 0}}),
+            "scenario.policy.drainLimits.evictionsPerSecond",
+        ),
+    ],
+    ids=[
+        "more-pods-than-gpus",
+        "negative-pods",
+        "more-pods-than-fewer-gpus",
+        "drain-timeout",
+        "drain-grace-period",
+        "gpu-pods-without-resources",
+        "drain-without-taint-or-cordon",
+        "drain-max-nodes",
+        "drain-rate-zero",
+    ],
+)
+def test_unrunnable_pods_or_drains_are_refused_naming_the_path(
+    data: dict[str, Any], path: str
+) -> None:
+    assert refusal(data).startswith(f"{path}: ")
