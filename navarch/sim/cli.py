@@ -146,6 +146,9 @@ def summary(result: dict[str, Any]) -> str:
         + (f", {rate:.1f}/s" if rate else "")
         + (f", peak {peak:.0f}/s" if peak else "")
     )
+    drain = result.get("drain")
+    if drain:
+        lines += _drain_lines(drain)
     lines.append(
         f"  operator: CPU {operator['cpuPercentMean']}% mean, RSS max {operator['rssMiBMax']} MiB, "
         f"{operator['restarts']} restarts"
@@ -154,6 +157,31 @@ def summary(result: dict[str, Any]) -> str:
     if writes is not None:
         lines.append(f"  API writes per node per minute: {writes:.2f}")
     return "\n".join(lines)
+
+
+def _drain_lines(drain: dict[str, Any]) -> list[str]:
+    phases = ", ".join(f"{count} {phase}" for phase, count in drain["phases"].items()) or "none"
+    rate, peak = drain["evictionsPerSecond"], drain["peakEvictionsPerSecond"]
+    return [
+        f"  drains: {drain['drains']} ({phases}); {drain['evicted']} pods evicted, "
+        f"{drain['deleted']} deleted, {drain['podsLeft']} of {drain['pods']} left"
+        + (f"; {rate:.1f} evictions/s" if rate else "")
+        + (f", peak {peak:.0f}/s" if peak else ""),
+        f"  quarantine-to-drained: {_stats(drain['quarantineToDrained'])}",
+        f"  drain start-to-drained (status.drain): {_stats(drain['drainDuration'])}",
+        *(
+            f"  drains of {label}: {step['podsRemoved']} pods, "
+            f"{_rate(step['evictionsPerSecond'])} evictions/s first to last, "
+            f"{_rate(step['evictionsPerSecondFromFault'])}/s from the fault; "
+            f"quarantine-to-drained {_stats(step['quarantineToDrained'])}"
+            for label, step in (drain.get("byStep") or {}).items()
+            if step["podsRemoved"]
+        ),
+    ]
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _stats(s: dict[str, Any]) -> str:

@@ -2,10 +2,12 @@
 
 The page shows the scenario and the machine it ran on, the pass/fail checks with an overall
 banner, a summary table (fault-to-taint and recovery-to-release latency, quarantine
-throughput, API load, operator CPU and memory, storm cap), then plots drawn as inline SVG: the
-fault-to-taint latency histogram, the CDFs of both latencies, tainted and faulty nodes over time
-against the storm cap with the scheduled events marked, operator CPU % and RSS over time, and
-API requests per second over time; last, the API request rate broken down by request.
+throughput, API load, operator CPU and memory, storm cap; with pods or drains, quarantine-to-
+drained latency, drain duration, drains by phase and evictions per second), then plots drawn
+as inline SVG: the fault-to-taint latency histogram, the CDFs of the latencies, tainted and
+faulty nodes over time against the storm cap with the scheduled events marked, pods left over
+time (with pods), operator CPU % and RSS over time, and API requests per second over time;
+last, the API request rate broken down by request.
 
 The page carries no JavaScript and loads nothing, so it can be attached to a CI run or mailed
 and still open years later. The plotting is a handful of small SVG helpers rather than a
@@ -99,13 +101,15 @@ def render_html(result: Mapping[str, Any]) -> str:
 
 def _header(result: Mapping[str, Any]) -> str:
     scenario, machine = result["scenario"], result["machine"]
+    pods = scenario.get("podsPerNode")
     facts = [
         ("Started", str(result["startedAt"])),
         ("Scenario file", str(scenario["file"])),
         (
             "Fleet",
             f"{_count(scenario['nodes'])} nodes, {_count(scenario['gpusPerNode'])} GPUs each, "
-            f"{_count(scenario['racks'])} racks",
+            + (f"{_count(pods)} GPU pods each, " if pods else "")
+            + f"{_count(scenario['racks'])} racks",
         ),
         ("maxUnhealthy", str(scenario["maxUnhealthy"])),
         ("healthyFor", str(scenario["healthyFor"])),
@@ -151,6 +155,18 @@ def _summary(result: Mapping[str, Any]) -> str:
         # Only runs with API-server restarts have faults during an outage.
         if latency.get(key, {}).get("count")
     ]
+    drain = result.get("drain")
+    if drain:
+        latency_rows += [
+            (label, _count(drain[key]["count"]), *(_num(drain[key][s], 3) for s in stats))
+            for label, key in (
+                ("Quarantine → drained", "quarantineToDrained"),
+                ("Quarantine → pods gone", "quarantineToPodsGone"),
+                ("Quarantine → drain start", "quarantineToStart"),
+                ("Drain start → drained", "drainDuration"),
+            )
+            if drain[key]["count"]
+        ]
     groups: list[tuple[str, list[tuple[str, str]]]] = [
         (
             "Throughput",
@@ -186,6 +202,25 @@ def _summary(result: Mapping[str, Any]) -> str:
             ],
         ),
     ]
+    if drain:
+        phases = drain["phases"] or {}
+        groups.append(
+            (
+                "Drains",
+                [
+                    ("Drains", _count(drain["drains"])),
+                    *((f"{phase}", _count(count)) for phase, count in phases.items()),
+                    ("Pods evicted", _count(drain["evicted"])),
+                    ("Pods deleted at timeout", _count(drain["deleted"])),
+                    ("Evictions/s", _num(drain["evictionsPerSecond"], 1)),
+                    ("Peak evictions/s", _num(drain["peakEvictionsPerSecond"], 1)),
+                    (
+                        "Pods left / created",
+                        f"{_count(drain['podsLeft'])} / {_count(drain['pods'])}",
+                    ),
+                ],
+            )
+        )
     cards = "\n".join(
         f'<div class="card"><h3>{escape(name)}</h3>\n{_table(("", ""), rows)}</div>'
         for name, rows in groups
@@ -194,7 +229,36 @@ def _summary(result: Mapping[str, Any]) -> str:
         "<h2>Summary</h2>\n<h3>Latency (seconds)</h3>\n"
         + _table(("", "count", *stats), latency_rows)
         + f'\n<div class="cards">\n{cards}\n</div>'
+        + (_drain_steps(drain.get("byStep") or {}) if drain else "")
     )
+
+
+def _drain_steps(steps: Mapping[str, Mapping[str, Any]]) -> str:
+    """Each scheduled fault step's drains: pods moved, eviction rates, quarantine-to-drained."""
+    rows = [
+        (
+            str(label),
+            _count(step["nodes"]),
+            _count(step["podsRemoved"]),
+            _num(step["evictionsPerSecond"], 1),
+            _num(step["evictionsPerSecondFromFault"], 1),
+            _num(step["quarantineToDrained"]["p50"], 3),
+            _num(step["quarantineToDrained"]["max"], 3),
+        )
+        for label, step in steps.items()
+    ]
+    if not rows:
+        return ""
+    header = (
+        "Step",
+        "nodes",
+        "pods removed",
+        "evictions/s",
+        "/s from the fault",
+        "to drained p50 (s)",
+        "max (s)",
+    )
+    return "\n<h3>Drains by fault step</h3>\n" + _table(header, rows)
 
 
 def _plots(result: Mapping[str, Any]) -> str:
@@ -202,21 +266,28 @@ def _plots(result: Mapping[str, Any]) -> str:
     fault_samples = latency["faultToTaint"]["samples"] or []
     events = [(float(event["t"]), str(event["what"])) for event in result["events"] or []]
     cap = result["storm"]["cap"]
+    drain = result.get("drain")
+    drained = (drain["quarantineToDrained"]["samples"] or []) if drain else []
+    cdfs = [
+        _Series("fault → taint", BLUE, [cdf(fault_samples)]),
+        _Series("recovery → release", ORANGE, [cdf(latency["recoveryToRelease"]["samples"] or [])]),
+    ]
+    if drained:
+        cdfs.append(_Series("quarantine → drained", GREEN, [cdf(drained)]))
+    pods_plot = []
+    if drain and drain["pods"]:
+        pods_plot.append(
+            _line_plot(
+                "Pods over time",
+                "time (s)",
+                "pods",
+                [_Series("pods left", BLUE, _timeline_segments(timeline, "podsLeft"))],
+                events=events,
+            )
+        )
     figures = [
         _histogram_plot(fault_samples),
-        _line_plot(
-            "Latency CDF",
-            "latency (s)",
-            "% of samples",
-            [
-                _Series("fault → taint", BLUE, [cdf(fault_samples)]),
-                _Series(
-                    "recovery → release",
-                    ORANGE,
-                    [cdf(latency["recoveryToRelease"]["samples"] or [])],
-                ),
-            ],
-        ),
+        _line_plot("Latency CDF", "latency (s)", "% of samples", cdfs),
         _line_plot(
             "Nodes over time",
             "time (s)",
@@ -228,6 +299,7 @@ def _plots(result: Mapping[str, Any]) -> str:
             reference=None if cap is None else (float(cap), f"storm cap {cap}"),
             events=events,
         ),
+        *pods_plot,
         '<div class="row">'
         + _line_plot(
             "Operator CPU",
@@ -390,7 +462,7 @@ def _line_plot(
 def _timeline_segments(timeline: Sequence[Mapping[str, Any]], key: str) -> list[list[Point]]:
     segments: list[list[Point]] = [[]]
     for sample in timeline:
-        value = sample[key]
+        value = sample.get(key)
         if value is None:
             if segments[-1]:
                 segments.append([])

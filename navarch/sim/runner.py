@@ -2,13 +2,15 @@
 
 Phases:
 
-1. **Set up**: the scenario's GpuHealthPolicy, selecting only this run's Nodes; the Nodes; and
-   one simulated agent per node (``agents``), whose first writes create the GpuNodeHealths.
+1. **Set up**: the scenario's GpuHealthPolicy, selecting only this run's Nodes; the Nodes; the
+   GPU pods bound to them, when the scenario has any (``pods``); and one simulated agent per
+   node (``agents``), whose first writes create the GpuNodeHealths.
 2. **Start** the real ``navarch-operator`` and wait until it has judged every node Healthy.
 3. **Play** the timeline (``plan``): faults, recoveries, operator SIGKILLs and restarts,
    API-server stops and starts, sampling the fleet and the operator every second.
 4. **Converge**: once the timeline is over, the fleet must reach what the policy asks for
-   (``expectations``) within the scenario's timeout.
+   (``expectations``) within the scenario's timeout, and, when the policy drains, every
+   quarantined node's drain must have ended (``drains``).
 
 The result is a JSON-ready dict (the report's input, see ``report``).
 """
@@ -33,11 +35,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from navarch import api
+from navarch.errors import ApiError
 from navarch.gpu import GPU_PRESENT_LABEL
 from navarch.node_agent.kube import KubeClient, load_kubeconfig
 from navarch.node_agent.writer import GNH_COLLECTION, NODE_COLLECTION
-from navarch.operator.policy import storm_limit
-from navarch.sim import probes, stats
+from navarch.operator.policy import ACTION_NAMES, storm_limit
+from navarch.sim import drains, pods, probes, stats
 from navarch.sim.agents import AgentFleet, SimNode
 from navarch.sim.expectations import Expected, gpu_condition, mismatches
 from navarch.sim.observer import TaintObserver
@@ -66,6 +69,7 @@ LIST_TIMEOUT = 120.0
 """Seconds to read a list of thousands of GpuNodeHealths on a busy machine."""
 PROGRESS_INTERVAL = 5.0
 API_SERVER_START_TIMEOUT = 120.0
+CONFLICT = 409
 NAVARCH_RESOURCES = frozenset({"nodes", "events", api.GNH_PLURAL, api.GHP_PLURAL})
 """What Navarch writes: the per-node write rate counts these, not the API server's own."""
 
@@ -114,6 +118,8 @@ class Sample:
     operator_cpu_percent: float | None
     operator_rss_mib: float | None
     api_requests_per_second: float | None
+    pods_left: int | None = None
+    """The run's pods still there; None when the scenario has none."""
 
 
 @dataclass
@@ -216,6 +222,14 @@ class Simulation:
         self.observer = TaintObserver(
             self.credentials, f"{SIM_LABEL}={self.run_id}", self.taint_key
         )
+        self.namespace = pods.namespace(self.run_id)
+        self.pods = (
+            pods.PodObserver(self.credentials, self.namespace, f"{SIM_LABEL}={self.run_id}")
+            if scenario.pods_per_node
+            else None
+        )
+        self.healths: list[dict[str, Any]] = []
+        """The run's GpuNodeHealths at the end, for the drains' records."""
         self.operator = OperatorProcess(kubeconfig, workdir / "operator.log", scenario.workers)
         self.requests = probes.RequestCounter(self.credentials)
         self.usage = OperatorUsage()
@@ -245,6 +259,8 @@ class Simulation:
             self._play()
             converged, problems, converge_seconds = self._converge()
             elapsed = time.time() - self.t0
+            if self.scenario.drains or self.pods is not None:
+                self.healths = self._healths()
             api_after = self.requests.read()
             writes = self.agents.writes - writes_before
             alive = self.operator.pid is not None
@@ -283,6 +299,8 @@ class Simulation:
         with ThreadPoolExecutor(SETUP_THREADS) as pool:
             list(pool.map(self._create_node, self.nodes))
         self.say(f"created {s.nodes:,} Nodes in {time.monotonic() - began:.1f} s")
+        if s.pods_per_node:
+            self._create_pods()
         began = time.monotonic()
         self.agents.start()
         while self.agents.writes < s.nodes:
@@ -300,14 +318,52 @@ class Simulation:
             RACK_LABEL: f"rack-{node.rack:02d}",
             GPU_PRESENT_LABEL: "true",
         }
+        self._thread_client().create(
+            NODE_COLLECTION, {"metadata": {"name": node.name, "labels": labels}}
+        )
+
+    def _thread_client(self) -> KubeClient:
         # The API client is one connection, not thread-safe: one per setup thread.
         client: KubeClient | None = getattr(self._clients, "client", None)
         if client is None:
             client = self._clients.client = KubeClient(self.credentials)
-        client.create(NODE_COLLECTION, {"metadata": {"name": node.name, "labels": labels}})
+        return client
+
+    def _create_pods(self) -> None:
+        """The run's namespace, its default ServiceAccount (which admission wants and no
+        controller manager creates here), and the pods of every node, marked Running."""
+        s = self.scenario
+        began = time.monotonic()
+        self.client.create("/api/v1/namespaces", {"metadata": {"name": self.namespace}})
+        try:
+            self.client.create(
+                f"/api/v1/namespaces/{self.namespace}/serviceaccounts",
+                {"metadata": {"name": "default"}},
+            )
+        except ApiError as err:
+            # A cluster's own controller manager may have made it first.
+            if err.status != CONFLICT:
+                raise
+        with ThreadPoolExecutor(SETUP_THREADS) as pool:
+            list(pool.map(self._create_node_pods, self.nodes))
+        self.say(
+            f"created {s.nodes * s.pods_per_node:,} pods ({s.pods_per_node} per node) in "
+            f"{time.monotonic() - began:.1f} s"
+        )
+
+    def _create_node_pods(self, node: SimNode) -> None:
+        client = self._thread_client()
+        collection = f"/api/v1/namespaces/{self.namespace}/pods"
+        labels = {SIM_LABEL: self.run_id}
+        for i in range(self.scenario.pods_per_node):
+            client.create(collection, pods.pod_manifest(node.name, i, labels, self.run_id))
+            name = pods.pod_name(node.name, i)
+            client.merge_patch(f"{collection}/{name}/status", pods.RUNNING_STATUS)
 
     def _start_operator(self) -> None:
         self.observer.start()
+        if self.pods is not None:
+            self.pods.start()
         self.operator.start()
         self.say(
             f"navarch-operator started (pid {self.operator.pid}, log {self.operator.log_path})"
@@ -343,14 +399,28 @@ class Simulation:
         return sum(1 for n in listed if gpu_condition(n) == api.ConditionStatus.TRUE.value)
 
     def _healthy_verdicts(self) -> int:
-        listed = self.client.get(GNH_COLLECTION)
-        mine = {n.name for n in self.nodes}
         return sum(
             1
-            for item in listed.get("items") or []
-            if item["metadata"]["name"] in mine
-            and ((item.get("status") or {}).get("verdict") or {}).get("health") == "Healthy"
+            for item in self._healths()
+            if ((item.get("status") or {}).get("verdict") or {}).get("health") == "Healthy"
         )
+
+    def _healths(self) -> list[dict[str, Any]]:
+        """The run's GpuNodeHealths."""
+        listed = self.client.get(GNH_COLLECTION)
+        mine = {n.name for n in self.nodes}
+        return [item for item in listed.get("items") or [] if item["metadata"]["name"] in mine]
+
+    def _draining_actions(self) -> list[str]:
+        return [a for a in ACTION_NAMES if self.scenario.drain_for(a) is not None]
+
+    def _expected_drains(
+        self, healths: list[dict[str, Any]]
+    ) -> tuple[list[str], dict[str, drains.DrainRecord]]:
+        """The quarantined nodes whose action drains, and every drain record."""
+        tainted = [n.name for n in self.nodes if self.observer.is_tainted(n.name)]
+        records = {r.node: r for r in map(drains.DrainRecord.from_health, healths) if r is not None}
+        return drains.expected(healths, tainted, self._draining_actions()), records
 
     def _list_nodes(self) -> list[dict[str, Any]]:
         listed = self.client.get(f"{NODE_COLLECTION}?labelSelector={SIM_LABEL}%3D{self.run_id}")
@@ -494,6 +564,14 @@ class Simulation:
         problems: list[str] = []
         while time.monotonic() < deadline:
             problems = mismatches(expected, self._list_nodes())
+            if not problems and self.scenario.drains:
+                nodes, records = self._expected_drains(self._healths())
+                waiting = drains.unfinished(nodes, records)
+                if waiting:
+                    shown = ", ".join(waiting[:5])
+                    problems = [
+                        f"{len(waiting)} quarantined nodes have not finished draining: {shown}"
+                    ]
             if not problems:
                 seconds = time.monotonic() - began
                 self.say(f"converged {seconds:.1f} s after the timeline ended")
@@ -510,6 +588,8 @@ class Simulation:
         self.agents.stop()
         self.operator.stop()
         self.observer.stop()
+        if self.pods is not None:
+            self.pods.stop()
         self.requests.close()
         self.client.close()
 
@@ -543,6 +623,7 @@ class Simulation:
                     operator_cpu_percent=None if used is None else 100 * used / (now - last),
                     operator_rss_mib=rss,
                     api_requests_per_second=self._api_rate,
+                    pods_left=None if self.pods is None else self.pods.left,
                 )
             )
             last = now
@@ -556,9 +637,10 @@ class Simulation:
             rss = f"{latest.operator_rss_mib:.0f} MiB"
         api_rate = f"{self._api_rate:.0f}/s" if self._api_rate is not None else "-"
         faulty = len(self._expected().quarantinable)
+        left = f" pods={self.pods.left:6d}" if self.pods is not None else ""
         self.say(
             f"t={now:6.1f}s faults={len(self.faults):5d} faulty={faulty:5d} "
-            f"tainted={self.observer.tainted:5d} operator cpu={cpu} rss={rss} "
+            f"tainted={self.observer.tainted:5d}{left} operator cpu={cpu} rss={rss} "
             f"restarts={self.operator.starts - 1} api={api_rate}"
         )
 
@@ -590,6 +672,40 @@ class Simulation:
             if back is not None and stopped <= at <= back:
                 return back
         return None
+
+    def _drain_result(self) -> dict[str, Any] | None:
+        """The result's ``drain`` section (see ``drains``); None when the scenario has neither
+        pods nor a drain."""
+        s = self.scenario
+        if not s.drains and self.pods is None:
+            return None
+        _, records = self._expected_drains(self.healths)
+        hit: dict[str, tuple[float, set[str]]] = {}
+        for f in self.faults:
+            if f.step is not None:
+                hit.setdefault(f.step, (f.at, set()))[1].add(f.node)
+        summary = drains.summarize(
+            records,
+            self.observer.transitions,
+            [] if self.pods is None else self.pods.removals,
+            {} if self.pods is None else self.pods.emptied,
+            steps={label: drains.Step(at, frozenset(nodes)) for label, (at, nodes) in hit.items()},
+            t0=self.t0,
+            pods=s.nodes * s.pods_per_node,
+            pods_left=0 if self.pods is None else self.pods.left,
+        )
+        return {"podsPerNode": s.pods_per_node, **summary}
+
+    def _drain_check(self) -> dict[str, Any]:
+        nodes, records = self._expected_drains(self.healths)
+        phases = Counter(records[n].phase if n in records else "no record" for n in nodes)
+        drained = phases.get(api.DrainPhase.DRAINED.value, 0)
+        others = ", ".join(f"{count} {phase}" for phase, count in sorted(phases.items()))
+        return check(
+            "every quarantined node that drains drained",
+            drained == len(nodes),
+            f"{drained} of {len(nodes)} Drained" + (f" ({others})" if drained < len(nodes) else ""),
+        )
 
     def _releases(self) -> tuple[list[float], int]:
         out: list[float] = []
@@ -665,6 +781,9 @@ class Simulation:
                 f"started {self.operator.starts} times",
             ),
         ]
+        drain = self._drain_result()
+        if s.drains:
+            checks.append(self._drain_check())
         return {
             "scenario": {
                 "name": s.name,
@@ -672,6 +791,7 @@ class Simulation:
                 "file": s.file,
                 "nodes": s.nodes,
                 "gpusPerNode": s.gpus_per_node,
+                "podsPerNode": s.pods_per_node,
                 "racks": s.racks,
                 "maxUnhealthy": str(s.policy_spec.max_unhealthy),
                 "healthyFor": s.healthy_for,
@@ -726,6 +846,7 @@ class Simulation:
                 "maxTainted": self.observer.max_tainted,
                 "capHeld": self.observer.max_tainted <= cap,
             },
+            "drain": drain,
             "timeline": [
                 {
                     "t": x.t,
@@ -740,6 +861,7 @@ class Simulation:
                     "apiRequestsPerSecond": None
                     if x.api_requests_per_second is None
                     else round(x.api_requests_per_second, 1),
+                    "podsLeft": x.pods_left,
                 }
                 for x in self.samples
             ],

@@ -1,8 +1,8 @@
 """Simulator scenario files: the YAML format, read into checked, typed values.
 
-A scenario says how big the fleet is, which GpuHealthPolicy governs it, and what happens to it
-over time: faults at fixed moments, random faults at a rate, recoveries, operator restarts and
-API-server restarts.
+A scenario says how big the fleet is (and how many GPU pods each node runs, for drains to move),
+which GpuHealthPolicy governs it, and what happens to it over time: faults at fixed moments,
+random faults at a rate, recoveries, operator restarts and API-server restarts.
 ``scenarios/README.md`` documents every key with examples. Reading goes through the same typed
 conversion as the custom resources, so a mistake is reported with its exact path
 (``faults[2].nodes: Input should be a valid integer, got 'ten'``), and keys that mean nothing
@@ -24,7 +24,8 @@ from navarch import api
 from navarch.api import Model
 from navarch.durations import parse_duration
 from navarch.errors import InvalidObjectError, NavarchError
-from navarch.operator.policy import check_max_unhealthy
+from navarch.operator.drain_plan import compile_drain
+from navarch.operator.policy import ACTION_NAMES, check_max_unhealthy
 from navarch.wire import from_wire
 from navarch.xid_catalog import HARDWARE_ACTIONS, RESET_ACTIONS, classify
 
@@ -86,6 +87,11 @@ class FleetShape(Model):
         "recoveries can target a whole rack.",
     )
     heartbeat_interval: str = Field("30s", description="How often each agent rewrites its status.")
+    pods_per_node: int = Field(
+        0,
+        description="GPU pods bound to each node, one GPU each, for the policy's drains to move; "
+        "at most gpusPerNode.",
+    )
 
 
 class Restarts(Model):
@@ -229,6 +235,7 @@ class Scenario:
     settle_timeout: float
     nodes: int
     gpus_per_node: int
+    pods_per_node: int
     racks: int
     heartbeat_interval: float
     policy: dict[str, Any]
@@ -254,6 +261,19 @@ class Scenario:
     def cordons(self) -> bool:
         actions = self.policy_spec.actions or api.Actions()
         return actions.unhealthy.cordon
+
+    @property
+    def drains(self) -> bool:
+        """Whether the policy drains quarantined nodes (a dry run only lists)."""
+        return not self.policy_spec.dry_run and any(
+            self.drain_for(action) is not None for action in ACTION_NAMES
+        )
+
+    def drain_for(self, action: str) -> api.DrainSpec | None:
+        """The drain of the policy's ``action`` (``degraded``, ``unhealthy`` or ``stale``)."""
+        actions = self.policy_spec.actions or api.Actions()
+        spec: api.ActionSpec = getattr(actions, action)
+        return spec.drain
 
     def node_names(self) -> list[str]:
         width = max(4, len(str(self.nodes - 1)))
@@ -329,6 +349,11 @@ def _resolve(raw: ScenarioFile, source: str) -> Scenario:
         raise InvalidObjectError("scenario.fleet.gpusPerNode", "must be at least 1")
     if not 1 <= fleet.racks <= fleet.nodes:
         raise InvalidObjectError("scenario.fleet.racks", f"must be from 1 to {fleet.nodes}")
+    if not 0 <= fleet.pods_per_node <= fleet.gpus_per_node:
+        raise InvalidObjectError(
+            "scenario.fleet.podsPerNode",
+            f"must be from 0 to gpusPerNode ({fleet.gpus_per_node}): each pod asks for one GPU",
+        )
     if "nodeSelector" in raw.policy:
         raise InvalidObjectError(
             "scenario.policy.nodeSelector", "is set by the simulator to select its own nodes"
@@ -344,6 +369,7 @@ def _resolve(raw: ScenarioFile, source: str) -> Scenario:
         check_max_unhealthy(spec.max_unhealthy)
     except ValueError as err:
         raise InvalidObjectError("scenario.policy.maxUnhealthy", str(err)) from None
+    _check_drains(spec)
     duration = _seconds(raw.duration, "scenario.duration")
     restarts = None
     if raw.operator.restarts is not None:
@@ -389,6 +415,7 @@ def _resolve(raw: ScenarioFile, source: str) -> Scenario:
         settle_timeout=_seconds(raw.settle_timeout, "scenario.settleTimeout"),
         nodes=fleet.nodes,
         gpus_per_node=fleet.gpus_per_node,
+        pods_per_node=fleet.pods_per_node,
         racks=fleet.racks,
         heartbeat_interval=_seconds(fleet.heartbeat_interval, "scenario.fleet.heartbeatInterval"),
         policy=dict(raw.policy),
@@ -418,6 +445,28 @@ def _resolve(raw: ScenarioFile, source: str) -> Scenario:
     if scenario.heartbeat_interval <= 0:
         raise InvalidObjectError("scenario.fleet.heartbeatInterval", "must be positive")
     return scenario
+
+
+def _check_drains(spec: api.GpuHealthPolicySpec) -> None:
+    """What the operator would refuse in the policy's drains, refused before anything starts."""
+    limits = spec.drain_limits or api.DrainLimits()
+    try:
+        check_max_unhealthy(limits.max_nodes)
+    except ValueError as err:
+        raise InvalidObjectError("scenario.policy.drainLimits.maxNodes", str(err)) from None
+    actions = spec.actions or api.Actions()
+    for key in ACTION_NAMES:
+        action: api.ActionSpec = getattr(actions, key)
+        if action.drain is None:
+            continue
+        path = f"scenario.policy.actions.{key}.drain"
+        if action.taint == api.TaintEffect.NONE and not action.cordon:
+            raise InvalidObjectError(path, "needs a taint or a cordon as well")
+        try:
+            compile_drain(action.drain)
+        except ValueError as err:
+            field, _, problem = str(err).partition(": ")
+            raise InvalidObjectError(f"{path}.{field}", problem) from None
 
 
 def _outages(raw: list[ApiServerRestart], duration: float) -> tuple[ApiServerOutage, ...]:

@@ -62,3 +62,44 @@ def test_quick_scenario_quarantines_releases_and_passes_every_check(
     assert "<svg" in page
     assert "quick" in page
     assert (out / "operator.log").read_text().count("quarantined ") == QUARANTINABLE_FAULTS
+
+
+DRAINED_NODES = 5
+"""drain.yaml: XID 79 on one node, then on four; eight pods each, every drain ends Drained."""
+
+
+def test_drain_scenario_evicts_every_quarantined_nodes_pods(crds: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "drain"
+    run = subprocess.run(
+        [
+            str(SIM),
+            "run",
+            str(REPO_ROOT / "scenarios" / "drain.yaml"),
+            "--kubeconfig",
+            str(crds.kubeconfig),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert [c["name"] for c in result["checks"] if not c["passed"]] == []
+    assert "every quarantined node that drains drained" in [c["name"] for c in result["checks"]]
+
+    drain = result["drain"]
+    pods = DRAINED_NODES * drain["podsPerNode"]
+    assert drain["phases"] == {"Drained": DRAINED_NODES}
+    assert (drain["evicted"], drain["deleted"], drain["podsRemoved"]) == (pods, 0, pods)
+    assert drain["podsLeft"] == drain["pods"] - pods
+    assert drain["quarantineToDrained"]["count"] == DRAINED_NODES
+    # A node of eight pods with nothing in the way drains within seconds.
+    assert drain["quarantineToDrained"]["max"] < 10.0
+    assert drain["evictionsPerSecond"] > 0
+    assert sorted(step["nodes"] for step in drain["byStep"].values()) == [1, 4]
+    assert result["timeline"][-1]["podsLeft"] == drain["pods"] - pods
+    assert "Pods over time" in (out / "report.html").read_text()
+    assert (out / "operator.log").read_text().count("drained in") == DRAINED_NODES

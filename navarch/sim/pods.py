@@ -1,0 +1,224 @@
+"""The simulated workloads: GPU pods bound to each node, and a watch that notes when each goes.
+
+There is no kubelet, scheduler or controller in the simulator, so each pod is made to look, to
+a drain, like a running workload: created bound to its node (``spec.nodeName``), asking for one
+``nvidia.com/gpu``, controlled by a ReplicaSet (which does not exist: nothing recreates an
+evicted pod, and a cluster's garbage collector would remove the pods, so drains need the
+simulator's own control plane or one without a controller manager), and marked ``Running``
+through its status, so an eviction goes through the PodDisruptionBudget check as a real one
+does (a ``Pending`` pod skips it).
+
+The pods have ``terminationGracePeriodSeconds: 0``: with no kubelet to finish a graceful
+deletion, a pod with a grace period stays terminating for ever, while with none the API server
+deletes it within the eviction call itself. Measured against the simulator's kube-apiserver
+(v1.36), an eviction then costs the same as with a 30 s grace period and no second call, so the
+pods leave without a simulated kubelet's watch and deletes competing with the operator for the
+two CPUs. A policy's ``drain.gracePeriod`` overrides the pods' own; scenarios that measure
+drains leave it unset.
+
+The watch timestamps every pod's deletion on arrival, like the taint observer, so a drain's
+end is the moment any client could see the node empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from navarch.backoff import Backoff
+from navarch.errors import ApiError
+from navarch.gpu import GPU_RESOURCE
+from navarch.node_agent.kube import Credentials, KubeClient
+
+log = logging.getLogger(__name__)
+
+OWNER_KIND = "ReplicaSet"
+OWNER_API_VERSION = "apps/v1"
+WATCH_SECONDS = 10
+CONNECT_TIMEOUT = 10.0
+RETRY_DELAY = 1.0
+MAX_RETRY_DELAY = 5.0
+
+
+def namespace(run_id: str) -> str:
+    """The namespace of one run's pods."""
+    return f"navarch-sim-{run_id}"
+
+
+def owner_uid(run_id: str) -> str:
+    """The made-up ReplicaSet's uid: the same for every pod of a run."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://navarch.dev/sim/{run_id}"))
+
+
+def pod_name(node: str, index: int) -> str:
+    return f"{node}-gpu-{index}"
+
+
+def pod_manifest(
+    node: str, index: int, labels: Mapping[str, str], run_id: str, resource: str = GPU_RESOURCE
+) -> dict[str, Any]:
+    """Pod ``index`` of ``node``: bound to it, one GPU, controlled by the run's ReplicaSet,
+    deleted at once when evicted."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(node, index),
+            "labels": dict(labels),
+            "ownerReferences": [
+                {
+                    "apiVersion": OWNER_API_VERSION,
+                    "kind": OWNER_KIND,
+                    "name": f"sim-{run_id}",
+                    "uid": owner_uid(run_id),
+                    "controller": True,
+                }
+            ],
+        },
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 0,
+            "automountServiceAccountToken": False,
+            "containers": [
+                {
+                    "name": "train",
+                    "image": "registry.invalid/sim/train:1",
+                    "resources": {"limits": {resource: "1"}, "requests": {resource: "1"}},
+                }
+            ],
+        },
+    }
+
+
+RUNNING_STATUS: dict[str, Any] = {"status": {"phase": "Running"}}
+"""The status patch that makes a created pod a running one."""
+
+
+class PodObserver:
+    """Follows the pods of one namespace selected by ``selector``: which node each is on, and
+    when each was deleted."""
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        namespace: str,
+        selector: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = KubeClient(
+            credentials, connect_timeout=CONNECT_TIMEOUT, read_timeout=WATCH_SECONDS + 30
+        )
+        self._namespace = namespace
+        self._selector = selector
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._on: dict[str, set[str]] = {}
+        """Per node, the names of its pods."""
+        self.removals: list[tuple[float, str]] = []
+        """(time, node) of every pod deletion seen, oldest first."""
+        self.emptied: dict[str, float] = {}
+        """When each node that had pods was last seen with none left."""
+        self.watch_errors = 0
+
+    @property
+    def left(self) -> int:
+        with self._lock:
+            return sum(len(pods) for pods in self._on.values())
+
+    def pods_on(self, node: str) -> int:
+        with self._lock:
+            return len(self._on.get(node, ()))
+
+    def start(self) -> None:
+        version = self._list()
+        self._thread = threading.Thread(
+            target=self._run, args=(version,), name="sim-pods", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=WATCH_SECONDS + 5)
+        self._client.close()
+
+    def _list(self) -> str:
+        body = self._client.get(self._path({"labelSelector": self._selector}))
+        seen = self._clock()
+        listed: dict[str, set[str]] = {}
+        for pod in body.get("items") or []:
+            node, name = _identity(pod)
+            listed.setdefault(node, set()).add(name)
+        with self._lock:
+            # Pods that went while no watch was open are gone from the moment of this list.
+            for node, pods in list(self._on.items()):
+                for name in pods - listed.get(node, set()):
+                    self._gone(node, name, seen)
+            self._on = listed
+        return str(body["metadata"]["resourceVersion"])
+
+    def _run(self, version: str) -> None:
+        backoff = Backoff(RETRY_DELAY, MAX_RETRY_DELAY)
+        while not self._stop.is_set():
+            try:
+                version = self._watch(version)
+            except (ValueError, ApiError) as err:
+                self.watch_errors += 1
+                log.info("pod watch ended (%s); listing again", err)
+                time.sleep(backoff.next_delay())
+                try:
+                    version = self._list()
+                except (ValueError, ApiError) as again:
+                    log.warning("cannot list pods: %s", again)
+                else:
+                    backoff.reset()
+
+    def _watch(self, version: str) -> str:
+        query = {
+            "labelSelector": self._selector,
+            "watch": "true",
+            "resourceVersion": version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(WATCH_SECONDS),
+        }
+        for event in self._client.watch(self._path(query)):
+            seen = self._clock()
+            obj = event["object"]
+            version = obj["metadata"]["resourceVersion"]
+            kind = event.get("type")
+            if kind in ("ADDED", "MODIFIED"):
+                node, name = _identity(obj)
+                with self._lock:
+                    self._on.setdefault(node, set()).add(name)
+            elif kind == "DELETED":
+                node, name = _identity(obj)
+                with self._lock:
+                    self._gone(node, name, seen)
+            if self._stop.is_set():
+                break
+        return version
+
+    def _gone(self, node: str, name: str, at: float) -> None:
+        pods = self._on.get(node, set())
+        if name not in pods:
+            return
+        pods.discard(name)
+        self.removals.append((at, node))
+        if not pods:
+            self.emptied[node] = at
+
+    def _path(self, query: Mapping[str, str]) -> str:
+        return f"/api/v1/namespaces/{self._namespace}/pods?{urllib.parse.urlencode(query)}"
+
+
+def _identity(pod: Mapping[str, Any]) -> tuple[str, str]:
+    """The pod's node and name."""
+    node = str((pod.get("spec") or {}).get("nodeName") or "")
+    return node, str((pod.get("metadata") or {}).get("name", ""))
