@@ -630,8 +630,14 @@ class RemediationStatus(Model):
     validation: StepRecord | None = Field(
         None, description="The validation of this quarantine, once it has run or while it runs."
     )
+    gpus: list[str] = Field(
+        default_factory=list, description="UUIDs of the GPUs at fault when the quarantine began."
+    )
     needs_service: bool = Field(
         False, description="The ladder is spent: the node waits for a person."
+    )
+    needs_service_since: Time | None = Field(
+        None, description="When the ladder was spent; a serviced annotation after it clears it."
     )
     message: str | None = Field(None, description="Human-readable summary.")
 

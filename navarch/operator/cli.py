@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import sys
 from datetime import timedelta
 
@@ -20,6 +21,7 @@ import kopf
 from navarch import __version__, serving
 from navarch.errors import ConfigError
 from navarch.operator import handlers, health, kube, memory, metrics, probes, reconciler
+from navarch.operator.remediator import DEFAULT_NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,12 @@ def parser() -> argparse.ArgumentParser:
         f"has not been live, for this long (default {default_stall:g})",
     )
     p.add_argument(
+        "--namespace",
+        default=os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE,
+        help="the operator's namespace, where remediation Jobs run and their ConfigMaps are "
+        f"(default: $POD_NAMESPACE, else {DEFAULT_NAMESPACE})",
+    )
+    p.add_argument(
         "--peering",
         metavar="NAME",
         help="coordinate with other instances through kopf peering object NAME "
@@ -148,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = handlers.Runtime(
         kube=kube.Kube(functools.partial(kube.credentials, args.kubeconfig), args.workers),
         health=health.Health(timedelta(seconds=args.stall_timeout)),
+        namespace=args.namespace,
     )
     metrics.RECONCILE_AGE.set_function(runtime.health.reconcile_age)
     log.info("navarch-operator %s starting", __version__)

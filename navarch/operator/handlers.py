@@ -37,6 +37,7 @@ from navarch.operator.health import Health
 from navarch.operator.index import Index
 from navarch.operator.kube import Kube
 from navarch.operator.reconciler import Reconciler
+from navarch.operator.remediator import DEFAULT_NAMESPACE
 from navarch.operator.workqueue import WorkQueue
 
 registry = kopf.OperatorRegistry()
@@ -58,6 +59,8 @@ class Runtime:
 
     kube: Kube
     health: Health = field(default_factory=Health)
+    namespace: str = DEFAULT_NAMESPACE
+    """The operator's own namespace, where remediation Jobs run."""
     queue: WorkQueue = field(default_factory=WorkQueue)
     index: Index = field(init=False)
     reconciler: Reconciler | None = None
@@ -133,7 +136,9 @@ async def start(settings: kopf.OperatorSettings, memo: Runtime, **_: Any) -> Non
     """Configure kopf, read the cluster once, and start the reconcile loop."""
     configure(settings)
     if memo.reconciler is None:
-        memo.reconciler = Reconciler(memo.index, memo.queue, memo.kube, health=memo.health)
+        memo.reconciler = Reconciler(
+            memo.index, memo.queue, memo.kube, health=memo.health, namespace=memo.namespace
+        )
     if memo.scan_task is None:
         memo.health.running_watches = kopf_watches
         memo.scan_task = asyncio.create_task(scan_watches(memo.health), name="watch scan")

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from navarch import api
-from navarch.operator.model import HealthView, NodeView, stored_drain
+from navarch.operator.model import (
+    HealthView,
+    NodeView,
+    stored_drain,
+    stored_history,
+    stored_remediation,
+)
 from navarch.operator.policy import (
     CompiledPolicy,
     compile_generation,
@@ -62,6 +68,10 @@ class HealthEntry:
     """The drain as recorded; None when there is none or it was edited out of shape."""
     drain_recorded: bool = False
     """Whether the status has a ``drain`` at all, readable or not."""
+    remediation: api.RemediationStatus | None = None
+    """The remediation as recorded; None when there is none or it is out of shape."""
+    remediation_recorded: bool = False
+    history: tuple[api.QuarantineRecord, ...] = ()
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> HealthEntry:
@@ -76,6 +86,9 @@ class HealthEntry:
             status_json=json.dumps(status, separators=(",", ":")).encode(),
             drain=stored_drain(status),
             drain_recorded=status.get("drain") is not None,
+            remediation=stored_remediation(status),
+            remediation_recorded=status.get("remediation") is not None,
+            history=tuple(stored_history(status)),
         )
 
     def view(self) -> HealthView:

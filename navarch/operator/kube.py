@@ -216,6 +216,12 @@ class KubeApi(Protocol):
 
     async def delete_pod(self, namespace: str, name: str, uid: str, grace: int | None) -> None: ...
 
+    async def get(self, path: str, resource: str) -> dict[str, Any]: ...
+
+    async def create(self, path: str, body: dict[str, Any], resource: str) -> dict[str, Any]: ...
+
+    async def delete(self, path: str, resource: str) -> None: ...
+
 
 class Kube(KubeApi):
     """The operator's client; see the module's description."""
@@ -482,6 +488,21 @@ class Kube(KubeApi):
         await self._call(
             "delete", "pods", "DELETE", _pod(namespace, name), body=body, priority=STATUS
         )
+
+    # --- remediation: Jobs, templates and their objects, by path ----------------------------
+
+    async def get(self, path: str, resource: str) -> dict[str, Any]:
+        """GET ``path`` (an object, or a discovery document); ``resource`` names it in metrics."""
+        return dict(await self._call("get", resource, "GET", path, priority=STATUS))
+
+    async def create(self, path: str, body: dict[str, Any], resource: str) -> dict[str, Any]:
+        """POST ``body`` to the collection at ``path``."""
+        return dict(await self._call("create", resource, "POST", path, body=body, priority=STATUS))
+
+    async def delete(self, path: str, resource: str) -> None:
+        """DELETE ``path``, its dependents (a Job's pods) in the background."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        await self._call("delete", resource, "DELETE", path, body=body, priority=STATUS)
 
     async def review(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create a TokenReview or SubjectAccessReview and return the server's answer. Not

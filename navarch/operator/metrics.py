@@ -94,6 +94,21 @@ DRAIN_DURATION = Histogram(
     ["policy"],
     buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
+REMEDIATION_STEPS = Counter(
+    "navarch_remediation_steps_total",
+    "Remediation steps and validations that ended, by step and how: Succeeded, Failed, TimedOut.",
+    ["policy", "step", "outcome"],
+)
+NEEDS_SERVICE = Gauge(
+    "navarch_needs_service_nodes",
+    "Nodes whose remediation ladder is spent and that wait for a person.",
+    ["policy"],
+)
+TIME_TO_RECOVERY = Histogram(
+    "navarch_time_to_recovery_seconds",
+    "From the fault behind a quarantine to the node's release.",
+    buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400),
+)
 
 
 REVIEW_TIMEOUT = 4.0

@@ -180,9 +180,12 @@ def plan_node(
     storm_admits: bool,
     *,
     previous: api.Verdict | None,
+    hold: str | None = None,
 ) -> NodePlan:
     """Plan one node. ``storm_admits`` says whether a new quarantine may be applied now;
-    ``previous`` is the verdict written last time, which decides the transition Events."""
+    ``previous`` is the verdict written last time, which decides the transition Events;
+    ``hold`` why a healthy node's release must wait past ``healthyFor`` (its validation, or a
+    person), if it must."""
     now = now if now.tzinfo else now.replace(tzinfo=UTC)
     held_taint, held_cordon = node.applied_taint, node.applied_cordon
     holds = node.quarantined
@@ -193,9 +196,9 @@ def plan_node(
         target = _Target(None, False)
     elif verdict.health == api.Health.HEALTHY.value:
         release_at = (verdict.since or now) + policy.healthy_for
-        recovering = holds and now < release_at
+        recovering = holds and (now < release_at or hold is not None)
         target = _Target(held_taint, held_cordon) if recovering else _Target(None, False)
-        if recovering:
+        if recovering and now < release_at:
             recheck = release_at - now
     else:
         required = policy.action_for(verdict.health, verdict.reason)
@@ -220,7 +223,9 @@ def plan_node(
 
     applies = not policy.dry_run and not held
     annotations = _annotations(node, changes, verdict, now) if applies else {}
-    condition = _condition(final, node, policy, recovering=recovering, held=held, now=now)
+    condition = _condition(
+        final, node, policy, recovering=recovering, held=held, hold=hold, now=now
+    )
     events = _events(final, previous, changes, policy, applies=applies, held=held, node=node)
     return NodePlan(
         node=node.name,
@@ -337,6 +342,7 @@ def _condition(
     *,
     recovering: bool,
     held: bool,
+    hold: str | None,
     now: datetime,
 ) -> NodeCondition | None:
     message = verdict.message or ""
@@ -356,6 +362,8 @@ def _condition(
             f"healthy since {format_time(since)}; quarantine is released after "
             f"{format_duration(policy.healthy_for)}, at {format_time(since + policy.healthy_for)}"
         )
+        if hold is not None:
+            message += f", once {hold}"
     elif verdict.health == api.Health.HEALTHY.value:
         status, reason = "True", api.Reason.ALL_CHECKS_PASSED.value
     elif verdict.health == api.Health.UNHEALTHY.value:

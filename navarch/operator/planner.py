@@ -15,10 +15,13 @@ from typing import Any
 
 from navarch import api
 from navarch.operator import gnh_status
+from navarch.operator.lifecycle import Stage
 from navarch.operator.model import Event, NodeView
 from navarch.operator.node_plan import NodePlan, plan_node
 from navarch.operator.verdict import Judgement
 from navarch.operator.xid_events import xid_events
+
+NO_STAGE = Stage()
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,15 @@ class Plan:
         )
 
 
-def plan(judgement: Judgement, *, storm_admits: bool, now: datetime) -> Plan:
-    """What to write for a judged node; ``storm_admits`` whether it may be newly quarantined."""
+def plan(
+    judgement: Judgement,
+    *,
+    storm_admits: bool,
+    now: datetime,
+    stage: Stage = NO_STAGE,
+) -> Plan:
+    """What to write for a judged node; ``storm_admits`` whether it may be newly quarantined;
+    ``stage`` where the node is on its way back to service, from its drain and remediation."""
     j = judgement
     if j.policy is None or j.node is None:
         verdict = j.verdict
@@ -74,9 +84,19 @@ def plan(judgement: Judgement, *, storm_admits: bool, now: datetime) -> Plan:
         )
         return Plan(j.name, verdict, None, j.node, None, patch, events, None, False)
 
-    node_plan = plan_node(j.verdict, j.node, j.policy, now, storm_admits, previous=j.previous)
+    node_plan = plan_node(
+        j.verdict, j.node, j.policy, now, storm_admits, previous=j.previous, hold=stage.hold
+    )
     informational, until = xid_events(j.informational_xids, j.gpus, j.xids_reported_until)
-    verdict = node_plan.verdict.model_copy(update={"xid_events_until": until})
+    quarantined = node_plan.verdict.action in gnh_status.QUARANTINE_ACTIONS
+    phase = stage.phase if quarantined else stage.after_release
+    verdict = node_plan.verdict.model_copy(
+        update={
+            "xid_events_until": until,
+            "phase": phase,
+            "step": stage.step if quarantined else None,
+        }
+    )
     patch = gnh_status.patch(
         j.recorded,
         verdict,

@@ -11,7 +11,9 @@ One coroutine plans, many write. Each pass runs the stages of the core in order:
 4. plans each node (``planner``) and hands the plan to the writer as a task, bounded by the
    API client's worker pool, so writes for different nodes proceed side by side;
 5. hands the drainer the nodes that drain now (``drainer``): quarantined nodes whose action
-   drains, and the nodes a dry-run policy would quarantine;
+   drains, and the nodes a dry-run policy would quarantine; and the remediator every
+   quarantine (``remediator``), whose records say each node's stage (``lifecycle``) for the
+   next plans;
 6. reports policy statuses and gauges when due (``reporter``), except during an API-server
    outage: they wait for the list that ends it;
 7. lets the lister start the lists and API checks that are due (``lister``), which keep the
@@ -38,8 +40,11 @@ from navarch.operator.drainer import orders as drain_orders
 from navarch.operator.health import Health
 from navarch.operator.index import Index
 from navarch.operator.kube import KubeApi
+from navarch.operator.lifecycle import Stage, stage_of
 from navarch.operator.lister import Lister
-from navarch.operator.planner import Plan, plan
+from navarch.operator.planner import NO_STAGE, Plan, plan
+from navarch.operator.remediator import DEFAULT_NAMESPACE, Remediator
+from navarch.operator.remediator import orders as remediation_orders
 from navarch.operator.reporter import Reporter
 from navarch.operator.verdict import Judgement, judge
 from navarch.operator.workqueue import WorkQueue
@@ -72,6 +77,7 @@ class Reconciler:
         clock: Callable[[], datetime] = utcnow,
         health: Health | None = None,
         rand: Callable[[], float] = random.random,
+        namespace: str = DEFAULT_NAMESPACE,
     ) -> None:
         self.index = index
         self.queue = queue
@@ -92,6 +98,7 @@ class Reconciler:
         )
         self.reporter = Reporter(index, queue, kube, clock=clock, spawn=self._spawn)
         self.drainer = Drainer(kube, index, clock, rand=rand)
+        self.remediator = Remediator(kube, index, clock, namespace, rand=rand)
 
     async def run(self) -> None:
         while True:
@@ -126,7 +133,8 @@ class Reconciler:
         judgements.update(await self._judge(sorted(extra), now))
         for name, judgement in judgements.items():
             try:
-                node_plan = plan(judgement, storm_admits=name in admitted, now=now)
+                stage = self._stage(name, judgement)
+                node_plan = plan(judgement, storm_admits=name in admitted, now=now, stage=stage)
             # One node that trips a bug must not stop the others; it is retried with backoff.
             except Exception:
                 self._failed(name, now)
@@ -134,8 +142,10 @@ class Reconciler:
             self._dispatch(node_plan, now)
         if work or extra:
             self.queue.reports_stale = True
-        dry_runs = (n for n in self._unwell if self.verdicts[n].action == api.Action.DRY_RUN)
-        self.drainer.sync(drain_orders(self.index, self.verdicts, dry_runs))
+        dry_runs = {n for n in self._unwell if self.verdicts[n].action == api.Action.DRY_RUN}
+        drains = drain_orders(self.index, self.verdicts, dry_runs)
+        self.drainer.sync(drains)
+        self.remediator.sync(remediation_orders(self.index, self.verdicts, drains, dry_runs, now))
         if not self.lister.outage:
             self.reporter.tick(now, self.verdicts, self._storm_states)
         self.lister.tick(now)
@@ -227,7 +237,17 @@ class Reconciler:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    def _stage(self, name: str, judgement: Judgement) -> Stage:
+        """Where the node is on its way back to service, from its drain and remediation."""
+        entry = self.index.healths.get(name)
+        if entry is None or judgement.policy is None:
+            return NO_STAGE
+        validates = judgement.policy.validation is not None
+        return stage_of(entry.drain, entry.remediation, entry.history, validates=validates)
+
     async def stop(self) -> None:
-        """Stop the drains, their records left for the next operator, and wait for the rest."""
+        """Stop drains and remediations, their records left for the next operator, and wait
+        for the rest."""
         await self.drainer.stop()
+        await self.remediator.stop()
         await self.settle()

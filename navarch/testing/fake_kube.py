@@ -103,6 +103,9 @@ class FakeKube(KubeApi):
     at once."""
     evicted: list[tuple[str, str]] = field(default_factory=list)
     deleted: list[tuple[str, str]] = field(default_factory=list)
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Objects reached by path (Jobs, ConfigMaps, remediation objects, discovery documents),
+    at ``<collection>/<name>``."""
     available: bool = True
     on_availability: Callable[[bool], None] | None = None
     _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
@@ -309,6 +312,29 @@ class FakeKube(KubeApi):
         self._found(namespace, name, uid)
         self.deleted.append((namespace, name))
         self._terminate(namespace, name)
+
+    async def get(self, path: str, resource: str) -> dict[str, Any]:
+        await self._enter("get", resource)
+        if path not in self.objects:
+            raise _missing(resource, path.rsplit("/", 1)[-1])
+        return copy.deepcopy(self.objects[path])
+
+    async def create(self, path: str, body: dict[str, Any], resource: str) -> dict[str, Any]:
+        await self._enter("create", resource)
+        name = body["metadata"]["name"]
+        where = f"{path}/{name}"
+        if where in self.objects:
+            raise ApiError(409, f'{resource} "{name}" already exists')
+        stored = copy.deepcopy(body)
+        stored["metadata"].setdefault("uid", f"uid-{name}")
+        stored["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+        self.objects[where] = self._bump(stored)
+        return copy.deepcopy(self.objects[where])
+
+    async def delete(self, path: str, resource: str) -> None:
+        await self._enter("delete", resource)
+        if self.objects.pop(path, None) is None:
+            raise _missing(resource, path.rsplit("/", 1)[-1])
 
     def _found(self, namespace: str, name: str, uid: str) -> None:
         pod = self.pods.get((namespace, name))

@@ -11,7 +11,7 @@ import navarch.operator
 
 PACKAGE = Path(navarch.operator.__file__).parent
 STAGES = [
-    ["model", "drain_plan", "ladder", "pace", "slots"],
+    ["model", "drain_plan", "ladder", "lifecycle", "pace", "slots", "step_objects"],
     ["rules"],
     ["policy"],
     ["verdict"],
@@ -23,6 +23,7 @@ STAGES = [
     ["writer"],
     ["policy_status"],
     ["lister", "reporter", "drainer"],
+    ["remediator"],
     ["reconciler"],
 ]
 RANK = {module: rank for rank, modules in enumerate(STAGES) for module in modules}
