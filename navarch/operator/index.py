@@ -121,6 +121,8 @@ class Index:
         """Nodes on which Navarch holds a quarantine, as last observed."""
         self.drained: set[str] = set()
         """GpuNodeHealths whose status records a drain."""
+        self.remediating: set[str] = set()
+        """GpuNodeHealths whose status records a remediation or an open quarantine."""
         self._governors: dict[str, str | None] = {}
         self._in_force: dict[str, CompiledPolicy] | None = None
         self._members: dict[str, set[str]] | None = None
@@ -159,10 +161,17 @@ class Index:
             self.drained.add(entry.name)
         else:
             self.drained.discard(entry.name)
+        if entry.remediation_recorded or (
+            entry.history and entry.history[-1].outcome == api.Outcome.OPEN
+        ):
+            self.remediating.add(entry.name)
+        else:
+            self.remediating.discard(entry.name)
         self.queue.mark(entry.name)
 
     def forget_health(self, name: str) -> None:
         self.drained.discard(name)
+        self.remediating.discard(name)
         if self.healths.pop(name, None) is not None:
             self.queue.mark(name)
 

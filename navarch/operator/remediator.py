@@ -121,7 +121,7 @@ class Remediator:
         for node in orders:
             if node not in self._tasks and node not in self._closing:
                 self._tasks[node] = asyncio.create_task(self._run(node), name=f"remediate {node}")
-        for node in self._open_records() - orders.keys() - self._closing.keys():
+        for node in self.index.remediating - orders.keys() - self._closing.keys():
             self._closing[node] = asyncio.create_task(self._close(node), name=f"close {node}")
         self._gauge()
 
@@ -130,15 +130,6 @@ class Remediator:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _open_records(self) -> set[str]:
-        """Nodes with a remediation record or an open history record."""
-        return {
-            name
-            for name, entry in self.index.healths.items()
-            if entry.remediation_recorded
-            or (entry.history and entry.history[-1].outcome == api.Outcome.OPEN)
-        }
 
     def _gauge(self) -> None:
         metrics.NEEDS_SERVICE.clear()
