@@ -193,10 +193,9 @@ class HealthView:
     error: str | None
     """Why the status does not match the API, naming the field (reason InvalidStatus)."""
     recorded: Recorded
-    history: tuple[api.QuarantineRecord, ...] = ()
-    """The quarantines since the node was last serviced (``navarch.dev/serviced``)."""
     wire_history: tuple[Mapping[str, Any], ...] = ()
-    """The same, as written, for the CEL rules."""
+    """The quarantines since the node was last serviced (``navarch.dev/serviced``), as
+    written, for the CEL rules."""
 
     @classmethod
     def parse(
@@ -216,9 +215,9 @@ class HealthView:
             # The operator's own keys are still read, so the verdict's transitions and the
             # conditions' times survive an agent that writes garbage.
             recorded = Recorded(generation, _stored_verdict(status), _stored_conditions(status))
-            return cls(annotations, facts, None, str(err), recorded, *history)
+            return cls(annotations, facts, None, str(err), recorded, history)
         recorded = Recorded(generation, parsed.verdict, parsed.conditions)
-        return cls(annotations, facts, parsed, None, recorded, *history)
+        return cls(annotations, facts, parsed, None, recorded, history)
 
 
 _RECORDS = frozenset({"drain", "remediation", "history"})
@@ -226,22 +225,21 @@ _RECORDS = frozenset({"drain", "remediation", "history"})
 
 def _since_serviced(
     status: Mapping[str, Any], annotations: Mapping[str, str]
-) -> tuple[tuple[api.QuarantineRecord, ...], tuple[Mapping[str, Any], ...]]:
-    """The history's readable records after the node was last serviced, typed and as written."""
+) -> tuple[Mapping[str, Any], ...]:
+    """The history's readable records after the node was last serviced, as written."""
     serviced = None
     with contextlib.suppress(ValueError):
         mark = annotations.get(api.SERVICED_ANNOTATION)
         serviced = parse_time(mark) if mark else None
-    typed, wire = [], []
+    wire = []
     for raw in status.get("history") or []:
         try:
             record = from_wire(api.QuarantineRecord, raw, "status.history[]")
         except InvalidObjectError:
             continue
         if serviced is None or record.quarantine_time > serviced:
-            typed.append(record)
             wire.append(raw)
-    return tuple(typed), tuple(wire)
+    return tuple(wire)
 
 
 def _stored_verdict(status: Mapping[str, Any]) -> api.Verdict | None:

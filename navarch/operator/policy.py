@@ -469,7 +469,7 @@ def default_policy_spec() -> api.GpuHealthPolicySpec:
     have their GPU pods drained and then go up the default ladder."""
     return api.GpuHealthPolicySpec(
         priority=DEFAULT_PRIORITY,
-        rules=builtin.default_rules(),
+        rules=[*builtin.default_rules(), builtin.repeat_offender()],
         actions=api.Actions(
             unhealthy=api.ActionSpec(
                 taint=api.TaintEffect.NO_SCHEDULE,

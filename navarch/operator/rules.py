@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from navarch import api
@@ -49,9 +49,8 @@ class RuleInputs:
     wire_status: Mapping[str, Any]
     """Agent-owned keys of the status as written; the verdict is not a fact to judge."""
     wire_xids: Sequence[Mapping[str, Any]]
-    history: Sequence[api.QuarantineRecord] = ()
-    """The node's quarantines since it was last serviced, newest last."""
     wire_history: Sequence[Mapping[str, Any]] = ()
+    """The node's quarantines since it was last serviced, newest last, as written."""
     now: datetime | None = None
 
 
@@ -281,15 +280,17 @@ REPEAT_OFFENDER = (
 )
 
 
-def _repeat_offender(inputs: RuleInputs) -> list[Finding]:
-    if inputs.now is None:
-        return []
-    since = inputs.now - timedelta(hours=REPEAT_WINDOW_HOURS)
-    recent = [h for h in inputs.history if h.quarantine_time > since]
-    if len(recent) < REPEAT_QUARANTINES:
-        return []
-    days = REPEAT_WINDOW_HOURS // 24
-    return [Finding(f"quarantined {len(recent)} times in {days} days", recent[0].quarantine_time)]
+def repeat_offender() -> api.PolicyRule:
+    """The default policy's rule for a node that keeps failing. It is not among the rules
+    ``includeDefaultRules`` brings in: it holds a node for days, which a policy should choose,
+    and the default policy sends it to NeedsService rather than another reset."""
+    return api.PolicyRule(
+        name="repeat-offender",
+        expression=REPEAT_OFFENDER,
+        severity=api.Severity.UNHEALTHY,
+        message=f"Quarantined {REPEAT_QUARANTINES} times in {REPEAT_WINDOW_HOURS // 24} days: "
+        "the node needs service, not another reset.",
+    )
 
 
 def _rule(
@@ -378,14 +379,6 @@ DEFAULT_RULES: tuple[DefaultRule, ...] = (
         NVML_UNAVAILABLE,
         "NVML does not work on a node that should have GPUs.",
         _nvml_unavailable,
-    ),
-    _rule(
-        "repeat-offender",
-        "Unhealthy",
-        REPEAT_OFFENDER,
-        f"Quarantined {REPEAT_QUARANTINES} times in {REPEAT_WINDOW_HOURS // 24} days: the node "
-        "needs service, not another reset.",
-        _repeat_offender,
     ),
     _rule(
         "gpu-throttled",

@@ -194,7 +194,6 @@ def _judge(
         labels=labels,
         wire_status=health.facts,
         wire_xids=[raw_xids[i] for i in active],
-        history=health.history,
         wire_history=health.wire_history,
         now=now,
     )

@@ -24,7 +24,6 @@ def inputs(status: Mapping[str, Any], labels: Mapping[str, str] | None = None) -
         labels=labels or {},
         wire_status=facts,
         wire_xids=status.get("xids") or [],
-        history=[from_wire(api.QuarantineRecord, h) for h in history],
         wire_history=history,
         now=NOW,
     )

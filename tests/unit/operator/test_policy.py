@@ -416,7 +416,9 @@ def test_default_policy_settings() -> None:
     assert policy.taint_key == api.DEFAULT_TAINT_KEY
     assert not policy.dry_run
     assert policy.governs({})
-    assert all(r.twin is not None for r in policy.rules)
+    # Every built-in rule runs as its Python twin; the history rule is CEL only.
+    assert [r.name for r in policy.rules if r.twin is None] == ["repeat-offender"]
+    assert policy.cel_variables == {"history", "now"}
     throttled = policy.rule("gpu-throttled")
     assert throttled is not None
     assert throttled.sustained_for is not None
@@ -429,8 +431,9 @@ def test_default_policy_object_is_a_complete_manifest_that_compiles_to_the_defau
     assert manifest["kind"] == "GpuHealthPolicy"
     assert manifest["metadata"] == {"name": "default"}
     spec = manifest["spec"]
-    assert [r["name"] for r in spec["rules"]] == [d.rule.name for d in rules.DEFAULT_RULES]
-    assert spec["rules"][-1]["sustainedFor"] == "5m"
+    names = [d.rule.name for d in rules.DEFAULT_RULES]
+    assert [r["name"] for r in spec["rules"]] == [*names, "repeat-offender"]
+    assert spec["rules"][-2]["sustainedFor"] == "5m"
     assert spec["recovery"] == {"healthyFor": "2m"}
     assert spec["xids"] == {"window": "24h"}
     assert spec["maxUnhealthy"] == "10%"

@@ -102,7 +102,6 @@ def quarantined_on(*days: int) -> dict[str, Any]:
 
 
 MATCHING: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
-    ("repeat-offender", quarantined_on(26, 29, 31), {}, ["quarantined 3 times in 7 days"]),
     (
         "xid-needs-reset",
         with_xids(xid(79, "RESET_GPU", mnemonic="GPU_HAS_FALLEN_OFF_THE_BUS")),
@@ -208,9 +207,6 @@ NOT_MATCHING: list[tuple[str, dict[str, Any], dict[str, str]]] = [
         {"nvidia.com/gpu.present": "false"},
     ),
     ("gpu-throttled", with_gpu(3, throttleReasons=["SwPowerCap", "SwThermalSlowdown"]), {}),
-    # The first of the three is more than seven days before NOW (June 1st, noon).
-    ("repeat-offender", quarantined_on(20, 29, 31), {}),
-    ("repeat-offender", quarantined_on(30, 31), {}),
 ]
 
 
@@ -389,3 +385,11 @@ def test_twins_agree_with_their_cel_expressions(
 ) -> None:
     rule_inputs = inputs(status, labels)
     assert set(matched(POLICY, rule_inputs)) == set(matched(CEL_POLICY, rule_inputs))
+
+
+def test_the_default_policys_repeat_offender_counts_quarantines_of_the_last_seven_days() -> None:
+    assert "repeat-offender" in matched(POLICY, inputs(quarantined_on(26, 29, 31)))
+    # The first of the three is more than seven days before NOW (June 1st, noon).
+    assert "repeat-offender" not in matched(POLICY, inputs(quarantined_on(20, 29, 31)))
+    assert "repeat-offender" not in matched(POLICY, inputs(quarantined_on(30, 31)))
+    assert "repeat-offender" not in {d.rule.name for d in rules.DEFAULT_RULES}
