@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -38,11 +37,11 @@ from navarch.durations import format_duration
 from navarch.errors import ApiError
 from navarch.operator import metrics
 from navarch.operator.drain_plan import DrainRule, PodRef, Selection, select
+from navarch.operator.drain_status import Round, budget_of, deleting, progress, unmanaged
 from navarch.operator.index import Index
 from navarch.operator.kube import KubeApi, unavailable
 from navarch.operator.model import Event, EventType
 from navarch.operator.pace import Pace
-from navarch.operator.policy import storm_limit
 from navarch.operator.slots import Slots
 from navarch.operator.writer import post_events
 
@@ -58,7 +57,6 @@ DRY_RUN_REFRESH = 30.0
 """How often a dry run looks again at what it would evict."""
 ACTIVE = frozenset({api.DrainPhase.DRAINING, api.DrainPhase.BLOCKED})
 FINISHED = frozenset({api.DrainPhase.DRAINED, api.DrainPhase.TIMED_OUT})
-_BUDGET = re.compile(r"disruption budget (\S+)")
 NOT_FOUND, CONFLICT = 404, 409
 
 
@@ -76,18 +74,6 @@ class Order:
     """The policy's limit of nodes draining at once."""
     rate: float
     """The policy's evictions per second."""
-
-
-@dataclass
-class _Round:
-    """What one round of evictions did."""
-
-    evicted: int = 0
-    deleted: int = 0
-    gone: int = 0
-    blocked: list[str] | None = None
-    problem: str | None = None
-    api_down: ApiError | None = None
 
 
 class Drainer:
@@ -251,7 +237,7 @@ class Drainer:
             now = self.clock()
             if selection.unmanaged and not warned:
                 warned = True
-                await self._event(node, "Warning", api.Reason.PODS_LEFT, _unmanaged(selection))
+                await self._event(node, "Warning", api.Reason.PODS_LEFT, unmanaged(selection))
             if selection.done:
                 await self._finish(node, status, selection, api.DrainPhase.DRAINED)
                 return
@@ -261,7 +247,9 @@ class Drainer:
                 await self._finish(node, status, selection, api.DrainPhase.TIMED_OUT)
                 return
             if timed_out and not status.deleted:
-                await self._event(node, "Warning", api.Reason.DRAIN_TIMED_OUT, _deleting(order))
+                await self._event(
+                    node, "Warning", api.Reason.DRAIN_TIMED_OUT, deleting(order.rule.timeout)
+                )
             done = await self._evict(order, selection.evict, delete=timed_out)
             if done.api_down is not None:
                 log.info("draining %s paused: %s", node, done.api_down)
@@ -270,7 +258,7 @@ class Drainer:
             error_backoff.reset()
             blocked = done.blocked or []
             stuck = bool(blocked) and len(blocked) == len(selection.evict) and not selection.waiting
-            status = _progress(status, selection, done, stuck, now)
+            status = progress(status, selection, done, stuck, now)
             if stuck and (written is None or written.phase != api.DrainPhase.BLOCKED):
                 await self._event(node, "Warning", api.Reason.DRAIN_BLOCKED, status.message or "")
             if status != written and await self._write(node, status):
@@ -281,8 +269,8 @@ class Drainer:
             left = (deadline - self.clock()).total_seconds()
             await self._sleep(max(0.05, min(delay, left)) if left > 0 else POLL)
 
-    async def _evict(self, order: Order, pods: Iterable[PodRef], *, delete: bool) -> _Round:
-        done = _Round()
+    async def _evict(self, order: Order, pods: Iterable[PodRef], *, delete: bool) -> Round:
+        done = Round()
         pace = self._paces[order.policy]
         grace = order.rule.grace_seconds
         for pod in pods:
@@ -299,7 +287,7 @@ class Drainer:
             except ApiError as err:
                 if err.disruption_budget:
                     metrics.EVICTIONS_BLOCKED.labels(policy=order.policy).inc()
-                    done.blocked = [*(done.blocked or []), _budget(err, pod)]
+                    done.blocked = [*(done.blocked or []), budget_of(err, pod)]
                 elif err.status in (NOT_FOUND, CONFLICT):
                     # Gone already, or replaced by a pod of the same name: the next look at
                     # the node's pods tells.
@@ -420,90 +408,3 @@ class Drainer:
     async def _event(self, node: str, kind: EventType, reason: str, message: str) -> None:
         event = Event(kind, reason, message)
         await post_events(self.kube, self.index, node, [event], self.clock())
-
-
-def orders(
-    index: Index, verdicts: Mapping[str, api.Verdict], dry_runs: Iterable[str]
-) -> dict[str, Order]:
-    """The nodes that drain now, from the index and the latest verdicts.
-
-    A node drains while Navarch holds it in quarantine and the action for its verdict drains;
-    once the node is healthy again and only waits for its release, the drain it began goes on
-    under the action that began it. ``dry_runs`` are the nodes a dry-run policy would
-    quarantine: their drain only lists.
-    """
-    found: dict[str, Order] = {}
-    for name in {*index.quarantined, *dry_runs}:
-        verdict = verdicts.get(name)
-        policy = index.governor(name)
-        if verdict is None or policy is None:
-            continue
-        quarantined = name in index.quarantined
-        if not quarantined and verdict.action != api.Action.DRY_RUN:
-            continue
-        chosen = policy.drain_for(verdict.health, verdict.reason)
-        entry = index.healths.get(name)
-        if chosen is None and quarantined and entry is not None and entry.drain is not None:
-            rule = policy.drains.get(entry.drain.action)
-            chosen = (entry.drain.action, rule) if rule is not None else None
-        if chosen is None:
-            continue
-        limits = policy.drain_limits
-        governed = len(index.governed().get(policy.name, ()))
-        found[name] = Order(
-            node=name,
-            policy=policy.name,
-            action=chosen[0],
-            rule=chosen[1],
-            dry_run=policy.dry_run,
-            max_nodes=max(1, storm_limit(limits.max_nodes, governed)),
-            rate=limits.evictions_per_second,
-        )
-    return found
-
-
-def _progress(
-    status: api.DrainStatus, selection: Selection, done: _Round, stuck: bool, now: datetime
-) -> api.DrainStatus:
-    blocked = sorted(set(done.blocked or []))
-    left = len(selection.left)
-    if stuck:
-        message = f"{left} pods left: eviction refused by disruption budget {', '.join(blocked)}"
-    else:
-        message = f"{left} pods left, {status.evicted + done.evicted} evicted"
-    if done.problem:
-        message += f"; {done.problem}"
-    return status.model_copy(
-        update={
-            "phase": api.DrainPhase.BLOCKED if stuck else api.DrainPhase.DRAINING,
-            "pods_left": left,
-            "pods": [str(p) for p in selection.left[: api.MAX_DRAIN_PODS]],
-            "evicted": status.evicted + done.evicted,
-            "deleted": status.deleted + done.deleted,
-            "left_alone": len(selection.left_alone) + len(selection.unmanaged),
-            "blocked_by": blocked[: api.MAX_DRAIN_PODS],
-            "message": message,
-        }
-    )
-
-
-def _budget(err: ApiError, pod: PodRef) -> str:
-    """The refusing budget as namespace/name, from the eviction's cause."""
-    for _, message in err.causes:
-        found = _BUDGET.search(message)
-        if found:
-            return f"{pod.namespace}/{found.group(1)}"
-    return f"{pod.namespace}/(unnamed)"
-
-
-def _deleting(order: Order) -> str:
-    timeout = format_duration(order.rule.timeout)
-    return f"timed out after {timeout}; deleting the pods left, as the policy says"
-
-
-def _unmanaged(selection: Selection) -> str:
-    names = ", ".join(str(p) for p in selection.unmanaged[:10])
-    return (
-        f"left {len(selection.unmanaged)} pods that no controller owns, which nothing would "
-        f"recreate (set unmanagedPods: Evict to move them): {names}"
-    )

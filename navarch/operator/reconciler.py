@@ -36,15 +36,14 @@ from typing import Any
 from navarch import api
 from navarch.operator import memory, metrics, storm
 from navarch.operator.drainer import Drainer
-from navarch.operator.drainer import orders as drain_orders
 from navarch.operator.health import Health
 from navarch.operator.index import Index
 from navarch.operator.kube import KubeApi
 from navarch.operator.lifecycle import Stage, stage_of
 from navarch.operator.lister import Lister
+from navarch.operator.orders import drain_orders, remediation_orders
 from navarch.operator.planner import NO_STAGE, Plan, plan
 from navarch.operator.remediator import DEFAULT_NAMESPACE, Remediator
-from navarch.operator.remediator import orders as remediation_orders
 from navarch.operator.reporter import Reporter
 from navarch.operator.verdict import Judgement, judge
 from navarch.operator.workqueue import WorkQueue

@@ -26,28 +26,25 @@ policy the record lists the steps the ladder would run and nothing is created.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import quote
 
 from navarch import api
 from navarch.backoff import Backoff
 from navarch.errors import ApiError
 from navarch.operator import metrics, step_objects
-from navarch.operator.drainer import FINISHED
-from navarch.operator.drainer import Order as DrainOrder
+from navarch.operator.history import closed, opened, wire
 from navarch.operator.index import Index
 from navarch.operator.kube import KubeApi
 from navarch.operator.ladder import Ladder, Rung, Step, next_rung, start
 from navarch.operator.model import Event, EventType
-from navarch.operator.policy import Validation, action_key, storm_limit
+from navarch.operator.policy import Validation
 from navarch.operator.slots import Slots
+from navarch.operator.steps import Steps, Target
 from navarch.operator.writer import post_events
-from navarch.wire import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +96,13 @@ class Remediator:
         self.kube = kube
         self.index = index
         self.clock = clock
-        self.namespace = namespace
-        """Where Job steps' ConfigMaps are and their Jobs run: the operator's namespace."""
+        self.steps = Steps(kube, namespace)
         self._sleep = sleep
         self._rand = rand
         self._orders: dict[str, Order] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closing: dict[str, asyncio.Task[None]] = {}
         self._slots = Slots()
-        self._plurals: dict[tuple[str, str], str] = {}
 
     # --- what the reconcile loop asks --------------------------------------------------------
 
@@ -244,7 +239,7 @@ class Remediator:
         step = order.ladder.steps[rung.index]
         now = self.clock()
         try:
-            created = await self._create(node, order, record, step, rung.attempt)
+            created = await self.steps.create(self._target(node, order, record), step, rung.attempt)
         except (ApiError, ValueError) as err:
             failed = api.StepRecord(
                 name=step.name,
@@ -279,7 +274,7 @@ class Remediator:
             VALIDATION, api.StepFix.OTHER, order.validation.job, None, order.validation.timeout, 1
         )
         try:
-            created = await self._create(node, order, record, check, attempt)
+            created = await self.steps.create(self._target(node, order, record), check, attempt)
         except (ApiError, ValueError) as err:
             failed = api.StepRecord(
                 name=VALIDATION,
@@ -317,9 +312,9 @@ class Remediator:
             )
             await self._ended(node, order, record, ended)
             return
-        path = await self._path(node, order, step, running.attempt)
+        path = await self.steps.path(node, order.quarantine, step, running.attempt)
         try:
-            outcome, message = await self._outcome(path, step)
+            outcome, message = await self.steps.outcome(path, step)
         except ApiError as err:
             if err.status != NOT_FOUND:
                 raise
@@ -329,7 +324,7 @@ class Remediator:
             outcome, message = api.StepPhase.TIMED_OUT, f"no result within {step.timeout}"
         if outcome is None:
             return
-        await self._remove(path, step)
+        await self.steps.remove(path, step)
         ended = running.model_copy(update={"phase": outcome, "message": message})
         await self._ended(node, order, record, ended)
 
@@ -391,103 +386,16 @@ class Remediator:
 
     # --- the objects ---------------------------------------------------------------------------
 
-    async def _create(
-        self, node: str, order: Order, record: api.RemediationStatus, step: Step, attempt: int
-    ) -> str:
-        """Create the step's object (once: an existing one is the one created before a
-        restart); return it as ``Kind namespace/name``."""
-        owner = self._owner(node)
-        if step.job is not None:
-            path = f"/api/v1/namespaces/{self.namespace}/configmaps/{quote(step.job.config_map)}"
-            try:
-                config_map = await self.kube.get(path, "configmaps")
-            except ApiError as err:
-                if err.status == NOT_FOUND:
-                    where = f"{self.namespace}/{step.job.config_map}"
-                    raise ValueError(f"ConfigMap {where} not found") from None
-                raise
-            try:
-                manifest = step_objects.job_manifest(config_map)
-            except ValueError as err:
-                raise ValueError(f"ConfigMap {self.namespace}/{step.job.config_map} {err}") from err
-            name = step_objects.job_name(node, step.name, attempt, order.quarantine)
-            job = step_objects.build_job(
-                manifest,
-                name=name,
-                namespace=self.namespace,
-                node=node,
-                step=step.name,
-                gpus=record.gpus,
-                taint_key=order.taint_key,
-                owner=owner,
-            )
-            await self._post(f"/apis/batch/v1/namespaces/{self.namespace}/jobs", job, "jobs")
-            return f"Job {self.namespace}/{name}"
-        assert step.template is not None
-        ref = step.template
-        base = step_objects.group_version_path(ref.api_version)
-        template_plural = await self._plural(ref.api_version, ref.kind)
-        ns = quote(ref.namespace)
-        template = await self.kube.get(
-            f"{base}/namespaces/{ns}/{template_plural}/{quote(ref.name)}", template_plural
-        )
-        kind = step_objects.remediation_kind(ref.kind)
-        plural = await self._plural(ref.api_version, kind)
-        body = step_objects.build_object(
-            template, kind=kind, node=node, step=step.name, owner=owner
-        )
-        await self._post(f"{base}/namespaces/{ns}/{plural}", body, plural)
-        return f"{kind} {ref.namespace}/{node}"
-
-    async def _post(self, collection: str, body: dict[str, object], resource: str) -> None:
-        try:
-            await self.kube.create(collection, dict(body), resource)
-        except ApiError as err:
-            if err.status != CONFLICT:
-                raise
-
-    async def _path(self, node: str, order: Order, step: Step, attempt: int) -> str:
-        if step.job is not None:
-            name = step_objects.job_name(node, step.name, attempt, order.quarantine)
-            return f"/apis/batch/v1/namespaces/{self.namespace}/jobs/{name}"
-        assert step.template is not None
-        ref = step.template
-        kind = step_objects.remediation_kind(ref.kind)
-        plural = await self._plural(ref.api_version, kind)
-        base = step_objects.group_version_path(ref.api_version)
-        return f"{base}/namespaces/{quote(ref.namespace)}/{plural}/{quote(node)}"
-
-    async def _outcome(self, path: str, step: Step) -> tuple[api.StepPhase | None, str]:
-        if step.job is not None:
-            return step_objects.job_outcome(await self.kube.get(path, "jobs"))
-        return step_objects.object_outcome(await self.kube.get(path, "remediations"))
-
-    async def _remove(self, path: str, step: Step) -> None:
-        try:
-            await self.kube.delete(path, "jobs" if step.job is not None else "remediations")
-        except ApiError as err:
-            if err.status != NOT_FOUND:
-                raise
-
-    async def _plural(self, api_version: str, kind: str) -> str:
-        key = (api_version, kind)
-        if key not in self._plurals:
-            path = step_objects.group_version_path(api_version)
-            found = step_objects.plural(await self.kube.get(path, "discovery"), kind)
-            if found is None:
-                raise ValueError(f"the API server serves no {kind} in {api_version}")
-            self._plurals[key] = found
-        return self._plurals[key]
-
     def _definition(self, order: Order, name: str) -> Step | None:
         if name == VALIDATION and order.validation is not None:
             v = order.validation
             return Step(VALIDATION, api.StepFix.OTHER, v.job, None, v.timeout, 1)
         return _step(order.ladder, name) if order.ladder is not None else None
 
-    def _owner(self, node: str) -> step_objects.Owner:
+    def _target(self, node: str, order: Order, record: api.RemediationStatus) -> Target:
         entry = self.index.healths.get(node)
-        return step_objects.Owner(node, entry.uid if entry is not None else "")
+        owner = step_objects.Owner(node, entry.uid if entry is not None else "")
+        return Target(node, owner, order.quarantine, record.gpus, order.taint_key)
 
     async def _label(self, node: str, *, needs_service: bool) -> None:
         view = self.index.nodes.get(node)
@@ -504,20 +412,10 @@ class Remediator:
         entry = self.index.healths.get(node)
         if entry is None:
             return
-        history = list(entry.history)
-        if history and history[-1].outcome == api.Outcome.OPEN:
-            return
         order = self._orders[node]
-        opened = api.QuarantineRecord(
-            rules=[r.name for r in order.rules],
-            fault_time=order.fault_time,
-            quarantine_time=self.clock(),
-            outcome=api.Outcome.OPEN,
-        )
-        history = [*history, opened][-api.MAX_HISTORY :]
-        await self._patch(
-            node, {"history": [h.model_dump(mode="json", by_alias=True) for h in history]}
-        )
+        history = opened(entry.history, order.rules, order.fault_time, self.clock())
+        if history is not None:
+            await self._patch(node, {"history": wire(history)})
 
     async def _close(self, node: str) -> None:
         """The quarantine ended: delete what still runs, fold the record into the history."""
@@ -544,22 +442,12 @@ class Remediator:
         if record is not None:
             await self._delete_running(node, record)
         now = self.clock()
-        history = list(entry.history)
-        if history and history[-1].outcome == api.Outcome.OPEN:
-            last = history[-1]
-            outcome = (
-                api.Outcome.NEEDS_SERVICE
-                if record is not None and record.needs_service
-                else api.Outcome.RELEASED
-            )
-            steps = [f"{s.name}:{s.phase}" for s in (record.steps if record else [])]
-            history[-1] = last.model_copy(
-                update={"outcome": outcome, "release_time": now, "steps": steps}
-            )
+        history = closed(entry.history, record, now)
+        if entry.history and entry.history[-1].outcome == api.Outcome.OPEN:
+            last = entry.history[-1]
             fault = last.fault_time or last.quarantine_time
             metrics.TIME_TO_RECOVERY.observe(max(0.0, (now - fault).total_seconds()))
-        wire = [h.model_dump(mode="json", by_alias=True) for h in history]
-        await self._patch(node, {"history": wire, "remediation": None})
+        await self._patch(node, {"history": wire(history), "remediation": None})
         await self._label(node, needs_service=False)
 
     async def _delete_running(self, node: str, record: api.RemediationStatus) -> None:
@@ -571,7 +459,8 @@ class Remediator:
             return
         step = self._definition(order, running.name)
         if step is not None:
-            await self._remove(await self._path(node, order, step, running.attempt), step)
+            path = await self.steps.path(node, order.quarantine, step, running.attempt)
+            await self.steps.remove(path, step)
 
     # --- the record ----------------------------------------------------------------------------
 
@@ -597,52 +486,3 @@ def _running(record: api.RemediationStatus) -> api.StepRecord | None:
 def _step(ladder: Ladder, name: str) -> Step | None:
     index = ladder.index(name)
     return ladder.steps[index] if index is not None else None
-
-
-def orders(
-    index: Index,
-    verdicts: Mapping[str, api.Verdict],
-    drains: Mapping[str, DrainOrder],
-    dry_runs: Iterable[str],
-    now: datetime,
-) -> dict[str, Order]:
-    """Every quarantined node under its policy (and, under a dry-run policy, the nodes it would
-    quarantine); ``drains`` are this pass's drain orders, which a node's steps wait for."""
-    found: dict[str, Order] = {}
-    for name in {*index.quarantined, *dry_runs}:
-        verdict = verdicts.get(name)
-        policy = index.governor(name)
-        node = index.nodes.get(name)
-        entry = index.healths.get(name)
-        if verdict is None or policy is None or node is None or entry is None:
-            continue
-        action = action_key(verdict.health, verdict.reason)
-        if action is None and entry.remediation is not None:
-            action = entry.remediation.action
-        drain = drains.get(name)
-        ready = drain is None or (entry.drain is not None and entry.drain.phase in FINISHED)
-        healthy = verdict.health == api.Health.HEALTHY
-        due = healthy and verdict.since is not None and now >= verdict.since + policy.healthy_for
-        governed = len(index.governed().get(policy.name, ()))
-        serviced = None
-        with contextlib.suppress(ValueError):
-            mark = entry.annotations.get(api.SERVICED_ANNOTATION)
-            serviced = parse_time(mark) if mark else None
-        found[name] = Order(
-            node=name,
-            policy=policy.name,
-            action=action or "",
-            ladder=policy.ladder_for(action) if action else None,
-            validation=policy.validation,
-            max_nodes=max(1, storm_limit(policy.remediation_limits.max_nodes, governed)),
-            dry_run=policy.dry_run,
-            healthy=healthy,
-            release_due=due,
-            ready=ready,
-            rules=tuple(verdict.rules),
-            fault_time=verdict.fault_time,
-            quarantine=node.annotations.get(api.APPLIED_AT_ANNOTATION, ""),
-            taint_key=policy.taint_key,
-            serviced=serviced,
-        )
-    return found

@@ -11,8 +11,9 @@ from typing import Any
 from navarch import api
 from navarch.errors import ApiError
 from navarch.operator.drain_plan import compile_drain
-from navarch.operator.drainer import Drainer, Order, orders
+from navarch.operator.drainer import Drainer, Order
 from navarch.operator.index import Index
+from navarch.operator.orders import drain_orders
 from navarch.operator.workqueue import WorkQueue
 from navarch.testing.fake_kube import FakeKube
 from navarch.wire import format_time
@@ -315,7 +316,7 @@ def test_orders_follow_quarantines_whose_action_drains() -> None:
         "degraded": verdict("Degraded", "Taint"),
         "well": verdict("Healthy", "Taint"),
     }
-    found = orders(index, verdicts, [])
+    found = drain_orders(index, verdicts, [])
     assert set(found) == {"bad"}
     assert (found["bad"].action, found["bad"].max_nodes, found["bad"].rate) == ("unhealthy", 2, 20)
     assert found["bad"].rule.timeout == timedelta(minutes=5)

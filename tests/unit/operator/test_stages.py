@@ -12,6 +12,7 @@ import navarch.operator
 PACKAGE = Path(navarch.operator.__file__).parent
 STAGES = [
     ["model", "drain_plan", "ladder", "lifecycle", "pace", "slots", "step_objects"],
+    ["drain_status", "history"],
     ["rules"],
     ["policy"],
     ["verdict"],
@@ -23,7 +24,9 @@ STAGES = [
     ["writer"],
     ["policy_status"],
     ["lister", "reporter", "drainer"],
+    ["steps"],
     ["remediator"],
+    ["orders"],
     ["reconciler"],
 ]
 RANK = {module: rank for rank, modules in enumerate(STAGES) for module in modules}
