@@ -173,6 +173,8 @@ def gpu_node_health_crd() -> dict[str, Any]:
         column("GPUs", ".status.gpuCount", "integer"),
         column("Health", ".status.verdict.health"),
         column("Action", ".status.verdict.action"),
+        column("Phase", ".status.verdict.phase"),
+        column("Step", ".status.verdict.step", priority=1),
         column("Reason", ".status.verdict.reason"),
         column("Drain", ".status.drain.phase"),
         column("Last XID", ".status.lastXid"),

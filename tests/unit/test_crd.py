@@ -67,6 +67,8 @@ def test_gnh_crd_enforces_node_name_and_shows_printer_columns() -> None:
         "GPUs",
         "Health",
         "Action",
+        "Phase",
+        "Step",
         "Reason",
         "Drain",
         "Last XID",
