@@ -14,7 +14,12 @@ import pytest
 import yaml
 
 from navarch import api
-from navarch.operator.policy import default_policy_object
+from navarch.operator.policy import (
+    GPU_RESET_JOB,
+    REBOOT_JOB,
+    VALIDATION_JOB,
+    default_policy_object,
+)
 
 from .chart import (
     CHART,
@@ -50,6 +55,10 @@ def test_helm_install_creates_crds_and_workloads(cluster: Cluster) -> None:
         assert f"deployment.apps/{release.operator}" in objects
         assert f"daemonset.apps/{release.agent}" in objects
         assert f"serviceaccount/{release.agent}" in objects
+        shipped = cluster.kubectl(
+            "get", "configmaps", "-n", release.namespace, "-o", "name"
+        ).stdout.split()
+        assert {f"configmap/{name}" for name in JOB_CONFIG_MAPS} <= set(shipped)
         status = cluster.helm("status", release.name, "-n", release.namespace).stdout
         assert "STATUS: deployed" in status
         policy = cluster.get_json("ghp", "default")
@@ -222,6 +231,9 @@ def test_operator_is_a_single_non_root_instance_with_a_read_only_root(cluster: C
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
     }
+    assert container["env"] == [
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+    ]
     assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}, METRICS_TLS_MOUNT]
     assert pod["volumes"] == [
         {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
@@ -292,6 +304,219 @@ def test_peering_adds_the_flag_the_peering_object_and_its_rbac(cluster: Cluster)
         "resources": ["clusterkopfpeerings"],
         "verbs": ["get", "list", "watch", "patch"],
     } in rules
+
+
+# --- remediation ------------------------------------------------------------------------------
+
+JOB_CONFIG_MAPS = {
+    "navarch-gpu-reset": "gpu-reset",
+    "navarch-reboot": "reboot",
+    "navarch-gpu-validate": "gpu-validate",
+}
+"""The ConfigMaps the chart ships, named as navarch/operator/policy.py names them, and the
+container of each Job."""
+
+
+def job_pod(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    job = yaml.safe_load(find(docs, "ConfigMap", name)["data"]["job.yaml"])
+    return job["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def test_chart_ships_the_remediation_jobs_the_default_policy_names(cluster: Cluster) -> None:
+    assert tuple(JOB_CONFIG_MAPS) == (GPU_RESET_JOB, REBOOT_JOB, VALIDATION_JOB)
+    docs = render(cluster, "--namespace", "gpu-health")
+    ladder = find(docs, "GpuHealthPolicy")["spec"]["actions"]["unhealthy"]["remediate"]["steps"]
+    assert {step["job"]["configMap"] for step in ladder} <= set(JOB_CONFIG_MAPS)
+    for name, container in JOB_CONFIG_MAPS.items():
+        config_map = find(docs, "ConfigMap", name)
+        assert config_map["metadata"]["namespace"] == "gpu-health"
+        assert config_map["metadata"]["labels"]["app.kubernetes.io/part-of"] == "navarch"
+        assert set(config_map["data"]) == {"job.yaml"}
+        job = yaml.safe_load(config_map["data"]["job.yaml"])
+        assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+        assert job["spec"]["backoffLimit"] == 0
+        assert job["spec"]["ttlSecondsAfterFinished"] == 86400
+        pod = job["spec"]["template"]["spec"]
+        assert pod["restartPolicy"] == "Never"
+        assert pod["automountServiceAccountToken"] is False
+        # The operator pins the pod and adds tolerations, labels and its variables.
+        assert "nodeName" not in pod and "tolerations" not in pod and "name" not in job["metadata"]
+        assert [c["name"] for c in pod["containers"]] == [container]
+        assert "runtimeClassName" not in pod
+
+    (reset,) = job_pod(docs, "navarch-gpu-reset")["containers"]
+    assert reset["image"] == "ghcr.io/navarch/navarch:0.1.0"
+    assert reset["securityContext"] == {"privileged": True, "runAsUser": 0, "runAsNonRoot": False}
+    assert {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"} in reset["env"]
+
+    reboot = job_pod(docs, "navarch-reboot")
+    assert reboot["securityContext"]["runAsNonRoot"] is True
+    (container,) = reboot["containers"]
+    assert container["image"] == "ghcr.io/navarch/navarch:0.1.0"
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["volumeMounts"] == [
+        {"name": "sentinel", "mountPath": "/navarch/reboot-required", "readOnly": True}
+    ]
+    assert reboot["volumes"] == [
+        {
+            "name": "sentinel",
+            "hostPath": {"path": "/var/run/reboot-required", "type": "FileOrCreate"},
+        }
+    ]
+
+    (validate,) = job_pod(docs, "navarch-gpu-validate")["containers"]
+    assert validate["image"] == "nvcr.io/nvidia/cloud-native/dcgm:4.2.3-1-ubuntu22.04"
+    assert validate["securityContext"]["privileged"] is True
+    assert "limits" not in validate["resources"]
+
+
+def run_script(
+    pod: dict[str, Any], tools: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Run a shipped Job's shell script with stand-ins for the NVIDIA tools on PATH."""
+    command = pod["containers"][0]["command"]
+    assert command[:2] == ["/bin/sh", "-c"]
+    path = f"{tools}:/usr/bin:/bin"
+    return subprocess.run(
+        ["/bin/sh", "-c", command[2]],
+        env={"PATH": path, "NAVARCH_NODE": "gpu-a", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_shipped_scripts_call_the_tools_as_their_docs_say(cluster: Cluster, tmp_path: Path) -> None:
+    """nvidia-smi resets a comma-separated list of GPUs in one call (NVLink peers must go
+    together), or every GPU; the diagnostic runs against a host engine the script starts and
+    fails the Job when dcgmi reports a failure."""
+    for tool, body in (
+        ("nvidia-smi", 'echo "nvidia-smi $*"'),
+        ("nv-hostengine", "exec sleep 30"),
+        ("dcgmi", 'echo "dcgmi $*"; [ "$1" != diag ] || exit "${DIAG_EXIT:-0}"'),
+    ):
+        script = tmp_path / tool
+        script.write_text(f"#!/bin/sh\n{body}\n")
+        script.chmod(0o755)
+    docs = render(cluster)
+    reset = job_pod(docs, "navarch-gpu-reset")
+    gpus = "GPU-11111111-1111-1111-1111-111111111111 GPU-22222222-2222-2222-2222-222222222222"
+    result = run_script(reset, tmp_path, {"NAVARCH_GPU_UUIDS": gpus})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "nvidia-smi --gpu-reset -i " + gpus.replace(" ", ",")
+    result = run_script(reset, tmp_path, {"NAVARCH_GPU_UUIDS": ""})
+    assert result.stdout.splitlines()[-1] == "nvidia-smi --gpu-reset"
+
+    validate = job_pod(docs, "navarch-gpu-validate")
+    passed = run_script(validate, tmp_path, {"NAVARCH_GPU_UUIDS": gpus})
+    assert passed.returncode == 0, passed.stderr
+    assert passed.stdout.splitlines()[-1] == "dcgmi diag -r 2"
+    failed = run_script(validate, tmp_path, {"NAVARCH_GPU_UUIDS": gpus, "DIAG_EXIT": "226"})
+    assert failed.returncode == 226
+
+    sentinel = tmp_path / "reboot-required"
+    reboot = job_pod(docs, "navarch-reboot")
+    assert run_script(reboot, tmp_path, {"NAVARCH_REBOOT_SENTINEL": str(sentinel)}).returncode
+    sentinel.touch()
+    result = run_script(reboot, tmp_path, {"NAVARCH_REBOOT_SENTINEL": str(sentinel)})
+    assert result.returncode == 0 and "asked kured to reboot node gpu-a" in result.stdout
+
+
+def test_remediation_job_values_render_into_the_manifests(cluster: Cluster) -> None:
+    prefix = "remediation.jobTemplates"
+    docs = render(
+        cluster,
+        "--set", "agent.runtimeClassName=nvidia",
+        "--set", "imagePullSecrets[0].name=regcred",
+        "--set", f"{prefix}.ttlSecondsAfterFinished=600",
+        "--set", f"{prefix}.gpuReset.image=registry.example/tools:1",
+        "--set-json", f'{prefix}.gpuReset.command=["nvidia-smi","-r"]',
+        "--set-json", f'{prefix}.gpuReset.extraEnv=[{{"name":"X","value":"1"}}]',
+        "--set", f"{prefix}.gpuReset.resources.limits.memory=1Gi",
+        "--set", f"{prefix}.reboot.sentinelPath=/run/kured/reboot-required",
+        "--set", f"{prefix}.reboot.runtimeClassName=runc",
+        "--set", f"{prefix}.validate.runtimeClassName=nvidia-cdi",
+        "--set", f"{prefix}.validate.image=registry.example/dcgm:4",
+    )  # fmt: skip
+    for name in JOB_CONFIG_MAPS:
+        job = yaml.safe_load(find(docs, "ConfigMap", name)["data"]["job.yaml"])
+        assert job["spec"]["ttlSecondsAfterFinished"] == 600
+        assert job["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    reset = job_pod(docs, "navarch-gpu-reset")
+    # The reset needs the NVIDIA runtime as the agent does, and follows the agent's.
+    assert reset["runtimeClassName"] == "nvidia"
+    (container,) = reset["containers"]
+    assert container["image"] == "registry.example/tools:1"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    assert container["command"] == ["nvidia-smi", "-r"]
+    assert container["env"][-1] == {"name": "X", "value": "1"}
+    assert container["resources"] == {
+        "requests": {"cpu": "10m", "memory": "32Mi"},
+        "limits": {"memory": "1Gi"},
+    }
+    reboot = job_pod(docs, "navarch-reboot")
+    assert reboot["runtimeClassName"] == "runc"
+    assert reboot["volumes"][0]["hostPath"]["path"] == "/run/kured/reboot-required"
+    validate = job_pod(docs, "navarch-gpu-validate")
+    assert validate["runtimeClassName"] == "nvidia-cdi"
+    assert validate["containers"][0]["image"] == "registry.example/dcgm:4"
+
+
+def test_remediation_rbac_is_the_operators_namespace_and_the_listed_templates(
+    cluster: Cluster,
+) -> None:
+    docs = render(cluster, "--namespace", "gpu-health")
+    role = find(docs, "Role", "nv-navarch-operator-remediation")
+    assert role["metadata"]["namespace"] == "gpu-health"
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
+        {
+            "apiGroups": ["batch"],
+            "resources": ["jobs"],
+            "verbs": ["create", "get", "list", "delete"],
+        },
+    ]
+    binding = find(docs, "RoleBinding", "nv-navarch-operator-remediation")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "nv-navarch-operator", "namespace": "gpu-health"}
+    ]
+    rules = find(docs, "ClusterRole", "nv-navarch-operator")["rules"]
+    assert not [r for r in rules if "remediation.medik8s.io" in r["apiGroups"]]
+    assert not [r for r in rules if r.get("nonResourceURLs")]
+
+    snr = {
+        "apiGroup": "remediation.medik8s.io",
+        "templateResource": "selfnoderemediationtemplates",
+        "resource": "selfnoderemediations",
+    }
+    docs = render(cluster, "--set-json", f"remediation.templates=[{json.dumps(snr)}]")
+    rules = find(docs, "ClusterRole", "nv-navarch-operator")["rules"]
+    assert [r for r in rules if "remediation.medik8s.io" in r["apiGroups"]] == [
+        {
+            "apiGroups": ["remediation.medik8s.io"],
+            "resources": ["selfnoderemediationtemplates"],
+            "verbs": ["get"],
+        },
+        {
+            "apiGroups": ["remediation.medik8s.io"],
+            "resources": ["selfnoderemediations"],
+            "verbs": ["create", "get", "delete"],
+        },
+    ]
+
+
+def test_remediation_jobs_are_optional_and_need_the_operator(cluster: Cluster) -> None:
+    off = render(cluster, "--set", "remediation.jobTemplates.enabled=false")
+    assert not [d for d in off if d["kind"] == "ConfigMap"]
+    # Policies may still name ConfigMaps of their own.
+    assert find(off, "Role", "nv-navarch-operator-remediation")
+    agent_only = render(cluster, "--set", "operator.enabled=false")
+    assert not [d for d in agent_only if d["kind"] in ("ConfigMap", "Role", "RoleBinding")]
 
 
 # --- images, monitoring, admission, notes --------------------------------------------------------
@@ -476,6 +701,25 @@ BAD_VALUES = [
         ("--set", "operator.stallTimeout=5"),
         "at '/operator/stallTimeout': minimum: got 5, want 15",
         id="stall-timeout",
+    ),
+    pytest.param(
+        ("--set", "remediation.jobTemplates.reboot.sentinelPath=reboot-required"),
+        "at '/remediation/jobTemplates/reboot/sentinelPath'",
+        id="relative-sentinel",
+    ),
+    pytest.param(
+        ("--set", "remediation.jobTemplates.gpuReset.privileged=false"),
+        "additional properties 'privileged' not allowed",
+        id="job-privileged",
+    ),
+    pytest.param(
+        (
+            "--set-json",
+            'remediation.templates=[{"apiGroup":"remediation.medik8s.io",'
+            '"templateResource":"selfnoderemediationtemplates"}]',
+        ),
+        "at '/remediation/templates/0': missing property 'resource'",
+        id="template-without-resource",
     ),
 ]
 

@@ -137,6 +137,11 @@ def server_dry_run(cluster: Cluster, namespace: str, *values: str) -> str:
                 "--set", "defaultPolicy.overrides.dryRun=true",
                 "--set", "defaultPolicy.overrides.maxUnhealthy=5%",
                 "--set", "defaultPolicy.overrides.actions.unhealthy.cordon=true",
+                "--set", "remediation.jobTemplates.gpuReset.runtimeClassName=nvidia",
+                "--set", "remediation.jobTemplates.reboot.sentinelPath=/run/reboot-required",
+                "--set-json", 'remediation.templates=[{"apiGroup": "remediation.medik8s.io", '
+                '"templateResource": "selfnoderemediationtemplates", '
+                '"resource": "selfnoderemediations"}]',
             ),
             id="options",
         ),
@@ -144,6 +149,7 @@ def server_dry_run(cluster: Cluster, namespace: str, *values: str) -> str:
             ("--set", "agent.enabled=false", "--set", "admission.nodeScopedAgentWrites=false"),
             id="operator-only",
         ),
+        pytest.param(("--set", "remediation.jobTemplates.enabled=false"), id="no-job-templates"),
         pytest.param(("--set", "operator.enabled=false"), id="agent-only"),
     ],
 )  # fmt: skip

@@ -3,9 +3,9 @@ attacked with real pod-bound ServiceAccount tokens.
 
 The agent reports facts and may never touch the operator's judgement (``verdict``,
 ``conditions``) nor, after create, its object's metadata; the operator may change on a Node
-only its taints, its cordon, its ``navarch.dev/`` annotations and the ``GpuHealthy``
-condition. Every refusal is checked for a message that names what was refused, and every
-legitimate call of each component is shown to still succeed.
+only its taints, its cordon, its ``navarch.dev/`` annotations, the ``GpuHealthy`` condition
+and the ``navarch.dev/needs-service`` label. Every refusal is checked for a message that names
+what was refused, and every legitimate call of each component is shown to still succeed.
 """
 
 from __future__ import annotations
@@ -378,7 +378,18 @@ def operator_patch(setup: Setup, node: str, patch: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("patch", "message"),
     [
-        ({"metadata": {"labels": {"team": None}}}, "may not change the labels of Node"),
+        (
+            {"metadata": {"labels": {"team": None}}},
+            f"may change only the label {api.NEEDS_SERVICE_LABEL} of Node",
+        ),
+        (
+            {"metadata": {"labels": {api.NEEDS_SERVICE_LABEL: "true", "team": "gpu"}}},
+            f"may change only the label {api.NEEDS_SERVICE_LABEL} of Node",
+        ),
+        (
+            {"metadata": {"labels": {api.NEEDS_SERVICE_LABEL: "false"}}},
+            'only to "true", not "false"',
+        ),
         (
             {"metadata": {"annotations": {"example.com/owner": "navarch"}}},
             "may change only navarch.dev/ annotations of Node",
@@ -404,6 +415,8 @@ def operator_patch(setup: Setup, node: str, patch: Any) -> dict[str, Any]:
     ],
     ids=[
         "label",
+        "label-beside-needs-service",
+        "needs-service-false",
         "foreign-annotation",
         "foreign-taint",
         "remove-foreign-taint",
@@ -425,6 +438,43 @@ def test_operator_cannot_change_what_navarch_does_not_own(
         assert after[part] == before[part]
     for key in ("labels", "annotations"):
         assert after["metadata"].get(key) == before["metadata"].get(key)
+
+
+def test_operator_marks_a_node_for_service_and_unmarks_it(
+    crds: Cluster, setup: Setup, node: str
+) -> None:
+    """The one label the operator owns: navarch.dev/needs-service, set to "true" when a
+    ladder is spent and removed at release, by merge patch as the operator writes it; a value
+    someone else set stays where it is, and the operator may still write the rest of the
+    Node around it, or remove it."""
+    mark = {"metadata": {"labels": {api.NEEDS_SERVICE_LABEL: "true"}}}
+    labels = operator_patch(setup, node, mark)["metadata"]["labels"]
+    assert labels == {"team": "ml", api.NEEDS_SERVICE_LABEL: "true"}
+    unmark = {"metadata": {"labels": {api.NEEDS_SERVICE_LABEL: None}}}
+    assert operator_patch(setup, node, unmark)["metadata"]["labels"] == {"team": "ml"}
+
+    # An admin's value: the operator's other writes leave it be, and it may not rewrite it.
+    crds.kubectl("label", "node", node, f"{api.NEEDS_SERVICE_LABEL}=false")
+    taints = [
+        *crds.get_json("node", node)["spec"]["taints"],
+        {"key": TAINT, "effect": "NoSchedule"},
+    ]
+    tainted = operator_patch(setup, node, {"spec": {"taints": taints}})
+    assert tainted["metadata"]["labels"][api.NEEDS_SERVICE_LABEL] == "false"
+    policy = f"{setup.release.operator}-node-scope"
+    maybe = {"metadata": {"labels": {api.NEEDS_SERVICE_LABEL: "maybe"}}}
+    denial = refused(operator_patch, setup, node, maybe)
+    assert denial.endswith(
+        f"ValidatingAdmissionPolicy '{policy}' with binding '{policy}' denied request: "
+        f"the Navarch operator may set the label {api.NEEDS_SERVICE_LABEL} of Node {node} "
+        'only to "true", not "maybe"'
+    )
+    other = {"metadata": {"labels": {"team": "infra"}}}
+    assert refused(operator_patch, setup, node, other).endswith(
+        f"denied request: the Navarch operator may change only the label "
+        f"{api.NEEDS_SERVICE_LABEL} of Node {node}"
+    )
+    assert operator_patch(setup, node, unmark)["metadata"]["labels"] == {"team": "ml"}
 
 
 def test_operator_cannot_rewrite_another_condition(crds: Cluster, setup: Setup, node: str) -> None:

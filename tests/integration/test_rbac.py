@@ -60,6 +60,9 @@ def as_user(cluster: Cluster, user: str, *args: str) -> tuple[bool, str]:
     return False, result.stderr
 
 
+IN_RELEASE = "--namespace={release}"
+"""The release's own namespace, filled in per test."""
+
 # (verb, resource, extra can-i flags, expected)
 AGENT = [
     ("get", "nodes", (), True),
@@ -90,6 +93,10 @@ AGENT = [
     ("delete", "pods", ("--all-namespaces",), False),
     ("create", "events", ("--all-namespaces",), False),
     ("create", "serviceaccounts/token", ("--all-namespaces",), False),
+    ("get", "configmaps", (IN_RELEASE,), False),
+    ("create", "jobs.batch", (IN_RELEASE,), False),
+    ("list", "jobs.batch", (IN_RELEASE,), False),
+    ("delete", "jobs.batch", (IN_RELEASE,), False),
 ]
 
 OPERATOR = [
@@ -135,6 +142,26 @@ OPERATOR = [
     ("deletecollection", "pods", ("--all-namespaces",), False),
     ("patch", "pods", ("--all-namespaces", "--subresource=status"), False),
     ("patch", "clusterkopfpeerings.kopf.dev", (), False),
+    # Remediation (test_remediation_access.py): Job manifests read from ConfigMaps by name,
+    # and the Jobs made from them, in the release's namespace and nowhere else.
+    ("get", "configmaps", (IN_RELEASE,), True),
+    ("list", "configmaps", (IN_RELEASE,), False),
+    ("watch", "configmaps", (IN_RELEASE,), False),
+    ("update", "configmaps", (IN_RELEASE,), False),
+    ("get", "configmaps", ("--namespace=kube-system",), False),
+    ("create", "jobs.batch", (IN_RELEASE,), True),
+    ("get", "jobs.batch", (IN_RELEASE,), True),
+    ("list", "jobs.batch", (IN_RELEASE,), True),
+    ("delete", "jobs.batch", (IN_RELEASE,), True),
+    ("watch", "jobs.batch", (IN_RELEASE,), False),
+    ("patch", "jobs.batch", (IN_RELEASE,), False),
+    ("update", "jobs.batch", (IN_RELEASE,), False),
+    ("deletecollection", "jobs.batch", (IN_RELEASE,), False),
+    ("create", "jobs.batch", ("--namespace=kube-system",), False),
+    ("list", "jobs.batch", ("--all-namespaces",), False),
+    ("create", "cronjobs.batch", (IN_RELEASE,), False),
+    ("create", "pods", (IN_RELEASE,), False),
+    ("get", "secrets", (IN_RELEASE,), False),
 ]
 
 
@@ -144,20 +171,26 @@ Case = tuple[str, str, tuple[str, ...], bool]
 def case_id(case: Case) -> str:
     verb, resource, extra, expected = case
     flags = "".join(extra).replace("--subresource=", "/").replace("--all-namespaces", "")
-    flags = flags.replace("--namespace=", "-in-")
+    flags = flags.replace("--namespace=", "-in-").replace("{release}", "release")
     return f"{'may' if expected else 'not'}-{verb}-{resource.split('.')[0]}{flags}"
+
+
+def filled(release: Release, extra: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(flag.replace("{release}", release.namespace) for flag in extra)
 
 
 @pytest.mark.parametrize("case", AGENT, ids=case_id)
 def test_agent_access_review(crds: Cluster, release: Release, case: Case) -> None:
     verb, resource, extra, expected = case
-    assert can_i(crds, release.user(release.agent), verb, resource, *extra) is expected
+    user = release.user(release.agent)
+    assert can_i(crds, user, verb, resource, *filled(release, extra)) is expected
 
 
 @pytest.mark.parametrize("case", OPERATOR, ids=case_id)
 def test_operator_access_review(crds: Cluster, release: Release, case: Case) -> None:
     verb, resource, extra, expected = case
-    assert can_i(crds, release.user(release.operator), verb, resource, *extra) is expected
+    user = release.user(release.operator)
+    assert can_i(crds, user, verb, resource, *filled(release, extra)) is expected
 
 
 def test_agent_real_requests(crds: Cluster, release: Release, node: str) -> None:
