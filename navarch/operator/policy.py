@@ -454,7 +454,9 @@ def default_ladder() -> api.RemediationSpec:
                 name="reboot",
                 fixes=api.StepFix.REBOOT,
                 job=api.JobTemplate(config_map=REBOOT_JOB),
-                timeout="30m",
+                # The Job only asks kured to reboot, and kured looks every --period (1h by
+                # default): the step's time covers that wait, the reboot and the report after.
+                timeout="2h",
             ),
         ],
         start_at={

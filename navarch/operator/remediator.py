@@ -143,8 +143,10 @@ class Remediator:
         try:
             while True:
                 try:
-                    await self._open_history(node)
-                    await self._round(node)
+                    # A quarantine just recorded changes what the history rules see: let the
+                    # node be judged again before deciding where its ladder starts.
+                    if not await self._open_history(node):
+                        await self._round(node)
                     backoff.reset()
                     delay = POLL
                 except ApiError as err:
@@ -194,7 +196,9 @@ class Remediator:
             return
         if not order.ready or self._effect_pending(order, record):
             return
-        rung = next_rung(order.ladder, record.start, record.steps)
+        # A fault found since the ladder began may need a higher rung (a history rule, say).
+        begin = max(record.start, start(order.ladder, order.rules))
+        rung = next_rung(order.ladder, begin, record.steps)
         if rung is None or len(record.steps) >= api.MAX_STEPS:
             await self._spent(node, order, record)
             return
@@ -408,14 +412,17 @@ class Remediator:
 
     # --- history --------------------------------------------------------------------------------
 
-    async def _open_history(self, node: str) -> None:
+    async def _open_history(self, node: str) -> bool:
+        """Record the quarantine if it is new; whether it was."""
         entry = self.index.healths.get(node)
         if entry is None:
-            return
+            return False
         order = self._orders[node]
         history = opened(entry.history, order.rules, order.fault_time, self.clock())
-        if history is not None:
-            await self._patch(node, {"history": wire(history)})
+        if history is None:
+            return False
+        await self._patch(node, {"history": wire(history)})
+        return True
 
     async def _close(self, node: str) -> None:
         """The quarantine ended: delete what still runs, fold the record into the history."""

@@ -305,7 +305,12 @@ class StandIns:
             self._stop_operator()
             self.operator_pod = live[0]["metadata"]["uid"]
             kubeconfig = self._kubeconfig(live[0])
-            self.operator = OperatorProcess(kubeconfig, self.workdir / "operator.log")
+            # As the chart's POD_NAMESPACE does: remediation Jobs run in the release's namespace.
+            self.operator = OperatorProcess(
+                kubeconfig,
+                self.workdir / "operator.log",
+                extra_args=[f"--namespace={self.release.namespace}"],
+            )
             self.operator.start()
         current = {p["metadata"]["uid"]: p for p in agent_pods if running(p)}
         for node, agent in list(self.agents.items()):
