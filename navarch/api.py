@@ -653,7 +653,8 @@ class QuarantineRecord(Model):
     fault_time: Time | None = Field(None, description="Time of the earliest fault behind it.")
     quarantine_time: Time = Field(description="When Navarch quarantined the node.")
     steps: list[str] = Field(
-        default_factory=list, description="Remediation steps taken, as name:phase."
+        default_factory=list,
+        description="Remediation steps taken and the last validation, as name:phase.",
     )
     outcome: Outcome = Field(
         description="Open (still quarantined), Released or NeedsService.", strict=False

@@ -4,11 +4,13 @@ It starts etcd, kube-apiserver, kube-scheduler and kube-controller-manager, inst
 (CRDs, RBAC, default policy), registers a few GPU Nodes whose kubelets KWOK plays, runs the
 real operator and one real ``navarch-agent`` per node on the fake ``libnvidia-ml.so``, and
 runs a training Deployment on the nodes' GPUs. Then it plays a story: a GPU falls off the bus
-and new training pods go to the other nodes, another node piles up uncorrectable ECC errors,
-an application crashes with an XID that is not the GPU's fault, and a node recovers after a
-GPU reset and takes new pods again. A live table shows the fleet and its pods as they change;
-the run ends with a summary and exits non-zero if the fleet did not end where the story says
-it should.
+and new training pods go to the other nodes; another node piles up uncorrectable ECC errors
+and goes the whole way back to service: quarantined, its training pods drained, its GPU reset
+by the chart's reset Job (KWOK plays the Job; the demo plays the reset's effect on the fake
+GPU), checked by the chart's validation Job, released, and given new pods; an application
+crashes with an XID that is not the GPU's fault. A live table shows the fleet and its pods as
+they change; the run ends with a summary and exits non-zero if the fleet did not end where the
+story says it should.
 """
 
 from __future__ import annotations
@@ -53,6 +55,18 @@ class Fleet:
     """The training pods a node ran when it was first seen quarantined."""
     at_release: dict[str, set[str]] = field(default_factory=dict)
     """The training pods a node ran when it was first seen released."""
+    phases: dict[str, list[str]] = field(default_factory=dict)
+    """The lifecycle phases each node's verdict went through, in order."""
+    evicted: dict[str, int] = field(default_factory=dict)
+    """The most pods each node's drain was seen to have evicted."""
+
+    def step_ended(self, node: str, step: str, phase: str) -> bool:
+        """Whether the node's remediation has a step that ended so."""
+        record = (self.gnh(node).get("status") or {}).get("remediation") or {}
+        return any(s["name"] == step and s["phase"] == phase for s in record.get("steps") or [])
+
+    def history(self, node: str) -> list[dict[str, Any]]:
+        return list((self.gnh(node).get("status") or {}).get("history") or [])
 
     def node(self, name: str) -> dict[str, Any]:
         return self.nodes.get(name, {})
@@ -70,6 +84,13 @@ class Fleet:
         pods: dict[str, set[str]],
     ) -> None:
         self.nodes, self.gnhs, self.pods = nodes, gnhs, pods
+        for name, gnh in gnhs.items():
+            drain = (gnh.get("status") or {}).get("drain") or {}
+            self.evicted[name] = max(self.evicted.get(name, 0), int(drain.get("evicted", 0)))
+            phase = ((gnh.get("status") or {}).get("verdict") or {}).get("phase")
+            seen = self.phases.setdefault(name, [])
+            if phase and (not seen or seen[-1] != phase):
+                seen.append(phase)
         for name, node in nodes.items():
             if quarantined(node) and name not in self.ever:
                 self.ever.add(name)
@@ -144,13 +165,14 @@ def story(demo: Demo, scenarios: dict[str, Path]) -> list[Step]:
             lambda: fake_nvml.inject_xid(c, 1, 13, pid=4242, process="train.py"),
         ),
         Step(
-            34,
+            16,
             "gpu-node-b",
-            "GPU 5 is reset: its volatile ECC counters clear",
+            "the reset Job has succeeded: GPU 5's volatile ECC counters clear",
             lambda: fake_nvml.set_gpu_field(b, 5, "ecc_volatile_uncorrected", 0),
+            ready=lambda f: f.step_ended("gpu-node-b", "gpu-reset", "Succeeded"),
         ),
         Step(
-            34,
+            16,
             TRAIN,
             "scales to fill every schedulable GPU; gpu-node-b, released, takes new pods",
             lambda: demo.scale(fill()),
@@ -172,9 +194,14 @@ def expectations() -> list[Expectation]:
         ),
         Expectation(
             "gpu-node-b",
-            f"quarantined, released after {HEALTHY_FOR} healthy, then given new pods",
+            "quarantined, drained, GPU reset by a Job, validated, released, given new pods",
             lambda f: (
                 "gpu-node-b" in f.at_release
+                and f.evicted.get("gpu-node-b", 0) > 0
+                and not f.at_release["gpu-node-b"]
+                and {"Remediating", "Released"} <= set(f.phases.get("gpu-node-b", []))
+                and [h.get("steps") for h in f.history("gpu-node-b")][-1:]
+                == [["gpu-reset:Succeeded", "validation:Succeeded"]]
                 and not quarantined(f.node("gpu-node-b"))
                 and health(f.gnh("gpu-node-b")) == "Healthy"
                 and bool(f.on("gpu-node-b") - f.at_release.get("gpu-node-b", set()))
@@ -254,6 +281,9 @@ class Demo:
             # Four nodes: the default 10% cap would hold every fault after the first one.
             "--set",
             "defaultPolicy.overrides.maxUnhealthy=50%",
+            # A check before each release, with the chart's validation Job.
+            "--set",
+            "defaultPolicy.overrides.validation.job.configMap=navarch-gpu-validate",
         )
         for name in NODES:
             self.workloads.add_node(name)
@@ -365,9 +395,7 @@ class Demo:
 
 
 def table(fleet: Fleet) -> list[str]:
-    rows = [
-        ("NODE", "GPUS", "HEALTH", "ACTION", "REASON", "LAST XID", "TAINTED", "CORDONED", "PODS")
-    ]
+    rows = [("NODE", "GPUS", "HEALTH", "PHASE", "STEP", "DRAIN", "LAST XID", "TAINTED", "PODS")]
     for name in NODES:
         node, gnh = fleet.node(name), fleet.gnh(name)
         status = gnh.get("status") or {}
@@ -379,11 +407,11 @@ def table(fleet: Fleet) -> list[str]:
                 name,
                 str(status.get("gpuCount", "-")),
                 verdict.get("health", "-"),
-                verdict.get("action", "-"),
-                verdict.get("reason", "-"),
-                str(status.get("lastXid", "-"))[:44],
+                verdict.get("phase") or "-",
+                verdict.get("step") or "-",
+                (status.get("drain") or {}).get("phase", "-"),
+                str(status.get("lastXid", "-"))[:30],
                 "yes" if quarantined(node) else "no",
-                "yes" if node.get("spec", {}).get("unschedulable") else "no",
                 f"{TRAIN}: {pods}" if pods else "-",
             )
         )
@@ -426,7 +454,13 @@ def play(demo: Demo, scenarios: dict[str, Path]) -> bool:
         holds = check.holds(fleet)
         ok &= holds
         print(f"  [{'ok' if holds else 'FAILED'}] {check.node}: {check.says}")
+        if not holds and check.node in NODES:
+            print(f"      phases seen: {fleet.phases.get(check.node)}")
+            print(f"      history: {fleet.history(check.node)}")
+            print(f"      pods its drain evicted: {fleet.evicted.get(check.node, 0)}")
     print(f"  story took {time.monotonic() - start:.0f}s")
+    print("\nkubectl get gnh -o wide")
+    print(demo.tool("kubectl", "get", "gnh", "-o", "wide"))
     return ok
 
 

@@ -33,12 +33,16 @@ def closed(
     remediation: api.RemediationStatus | None,
     now: datetime,
 ) -> list[api.QuarantineRecord]:
-    """The history with its open record closed at ``now``, with the steps taken."""
+    """The history with its open record closed at ``now``, with the steps taken and the last
+    validation."""
     out = list(history)
     if not out or out[-1].outcome != api.Outcome.OPEN:
         return out
     spent = remediation is not None and remediation.needs_service
-    steps = [f"{s.name}:{s.phase}" for s in (remediation.steps if remediation else [])]
+    taken = list(remediation.steps) if remediation else []
+    if remediation is not None and remediation.validation is not None:
+        taken.append(remediation.validation)
+    steps = [f"{s.name}:{s.phase}" for s in taken]
     out[-1] = out[-1].model_copy(
         update={
             "outcome": api.Outcome.NEEDS_SERVICE if spent else api.Outcome.RELEASED,

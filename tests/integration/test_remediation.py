@@ -143,7 +143,10 @@ def test_a_reset_that_works_and_a_validation_that_passes_release_the_node(
         eventually(lambda: watch("Released"), timeout=TIMEOUT)
         assert {"Remediating", "Validating", "Released"} <= seen
         eventually(lambda: history(workloads, sick)[-1]["outcome"] == "Released", timeout=TIMEOUT)
-        assert history(workloads, sick)[-1]["steps"] == ["gpu-reset:Succeeded"]
+        assert history(workloads, sick)[-1]["steps"] == [
+            "gpu-reset:Succeeded",
+            "validation:Succeeded",
+        ]
         assert not record(workloads, sick)
         eventually(lambda: not jobs(workloads, release, sick), timeout=TIMEOUT)
 
