@@ -628,8 +628,10 @@ class RemediationStatus(Model):
         max_length=MAX_STEPS,
     )
     validation: StepRecord | None = Field(
-        None, description="The validation of this quarantine, once it has run or while it runs."
+        None,
+        description="The last validation of this quarantine, once it has run or while it runs.",
     )
+    validations: int = Field(0, description="Validations started in this quarantine.", ge=0)
     gpus: list[str] = Field(
         default_factory=list, description="UUIDs of the GPUs at fault when the quarantine began."
     )

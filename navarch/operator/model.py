@@ -12,7 +12,9 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
 
 from navarch import api
 from navarch.errors import InvalidObjectError
@@ -242,36 +244,31 @@ def _since_serviced(
     return tuple(wire)
 
 
-def _stored_verdict(status: Mapping[str, Any]) -> api.Verdict | None:
-    raw = status.get("verdict")
+_Record = TypeVar("_Record", bound=BaseModel)
+
+
+def _stored(model: type[_Record], status: Mapping[str, Any], key: str) -> _Record | None:
+    """The operator's record ``key`` of a status; None if there is none or it was edited out
+    of shape (it is then written afresh)."""
+    raw = status.get(key)
     if raw is None:
         return None
     try:
-        return from_wire(api.Verdict, raw, "status.verdict")
+        return from_wire(model, raw, f"status.{key}")
     except InvalidObjectError:
         return None
+
+
+def _stored_verdict(status: Mapping[str, Any]) -> api.Verdict | None:
+    return _stored(api.Verdict, status, "verdict")
 
 
 def stored_drain(status: Mapping[str, Any]) -> api.DrainStatus | None:
-    """The drain recorded in a status; None if there is none or it was edited out of shape."""
-    raw = status.get("drain")
-    if raw is None:
-        return None
-    try:
-        return from_wire(api.DrainStatus, raw, "status.drain")
-    except InvalidObjectError:
-        return None
+    return _stored(api.DrainStatus, status, "drain")
 
 
 def stored_remediation(status: Mapping[str, Any]) -> api.RemediationStatus | None:
-    """The remediation recorded in a status; None if there is none or it is out of shape."""
-    raw = status.get("remediation")
-    if raw is None:
-        return None
-    try:
-        return from_wire(api.RemediationStatus, raw, "status.remediation")
-    except InvalidObjectError:
-        return None
+    return _stored(api.RemediationStatus, status, "remediation")
 
 
 def stored_history(status: Mapping[str, Any]) -> list[api.QuarantineRecord]:

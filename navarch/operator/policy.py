@@ -18,10 +18,10 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import cel
 
@@ -292,25 +292,35 @@ def _compile_actions(
     for key in ACTION_NAMES:
         action: api.ActionSpec = getattr(actions, key)
         quarantines = action.taint != api.TaintEffect.NONE or action.cordon
+        where = f"spec.actions.{key}"
         if action.drain is not None:
-            path = f"spec.actions.{key}.drain"
-            if not quarantines:
-                problem = "needs a taint or a cordon as well, or evicted pods are scheduled back"
-                raise PolicyError(name, f"{path}: {problem}")
-            try:
-                drains[key] = compile_drain(action.drain)
-            except ValueError as err:
-                raise PolicyError(name, f"{path}.{err}") from err
+            path, why = f"{where}.drain", "or evicted pods are scheduled back"
+            _require(name, path, quarantines, why)
+            drains[key] = _compiled(name, path, compile_drain, action.drain)
         if action.remediate is not None:
-            path = f"spec.actions.{key}.remediate"
-            if not quarantines:
-                problem = "needs a taint or a cordon as well: remediation works on quarantines"
-                raise PolicyError(name, f"{path}: {problem}")
-            try:
-                ladders[key] = compile_ladder(action.remediate)
-            except ValueError as err:
-                raise PolicyError(name, f"{path}.{err}") from err
+            path, why = f"{where}.remediate", "remediation works on quarantines"
+            _require(name, path, quarantines, why)
+            ladders[key] = _compiled(name, path, compile_ladder, action.remediate)
     return drains, ladders
+
+
+def _require(name: str, path: str, quarantines: bool, why: str) -> None:
+    if not quarantines:
+        raise PolicyError(name, f"{path}: needs a taint or a cordon as well: {why}")
+
+
+_Spec = TypeVar("_Spec")
+_Compiled = TypeVar("_Compiled")
+
+
+def _compiled(
+    name: str, path: str, compile_part: Callable[[_Spec], _Compiled], spec: _Spec
+) -> _Compiled:
+    """``spec`` compiled; PolicyError names the field under ``path`` at fault."""
+    try:
+        return compile_part(spec)
+    except ValueError as err:
+        raise PolicyError(name, f"{path}.{err}") from err
 
 
 def compile_generation(

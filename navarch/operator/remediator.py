@@ -241,64 +241,44 @@ class Remediator:
     ) -> None:
         assert order.ladder is not None
         step = order.ladder.steps[rung.index]
-        now = self.clock()
-        try:
-            created = await self.steps.create(self._target(node, order, record), step, rung.attempt)
-        except (ApiError, ValueError) as err:
-            failed = api.StepRecord(
-                name=step.name,
-                attempt=rung.attempt,
-                phase=api.StepPhase.FAILED,
-                start_time=now,
-                end_time=now,
-                message=f"could not start: {err}",
-            )
-            await self._ended(node, order, record, failed)
+        launched = await self._launch(node, order, record, step, rung.attempt)
+        if launched.phase == api.StepPhase.FAILED:
+            await self._ended(node, order, record, launched)
             return
-        running = api.StepRecord(
-            name=step.name,
-            attempt=rung.attempt,
-            phase=api.StepPhase.RUNNING,
-            start_time=now,
-            object=created,
-            message=f"started {created}",
-        )
-        steps = [*record.steps, running]
+        steps = [*record.steps, launched]
         await self._write(node, record.model_copy(update={"steps": steps, "validation": None}))
-        message = f"step {step.name} (attempt {rung.attempt}): {created}"
+        message = f"step {step.name} (attempt {rung.attempt}): {launched.object}"
         await self._event(node, "Normal", api.Reason.STEP_STARTED, message)
 
     async def _validate(self, node: str, order: Order, record: api.RemediationStatus) -> None:
         assert order.validation is not None
         if not self._slots.try_take(node, order.policy, order.max_nodes, self.clock()):
             return
+        check = self._definition(order, VALIDATION)
+        assert check is not None
+        attempt = record.validations + 1
+        launched = await self._launch(node, order, record, check, attempt)
+        counted = record.model_copy(update={"validations": attempt})
+        if launched.phase == api.StepPhase.FAILED:
+            await self._ended(node, order, counted, launched)
+            return
+        await self._write(node, counted.model_copy(update={"validation": launched}))
+        await self._event(node, "Normal", api.Reason.VALIDATION_STARTED, launched.object or "")
+
+    async def _launch(
+        self, node: str, order: Order, record: api.RemediationStatus, step: Step, attempt: int
+    ) -> api.StepRecord:
+        """Create this attempt's object: the running step, or a failed one saying why not."""
         now = self.clock()
-        attempt = 1 + sum(1 for s in record.steps if s.name == VALIDATION)
-        check = Step(
-            VALIDATION, api.StepFix.OTHER, order.validation.job, None, order.validation.timeout, 1
+        began = api.StepRecord(
+            name=step.name, attempt=attempt, phase=api.StepPhase.RUNNING, start_time=now
         )
         try:
-            created = await self.steps.create(self._target(node, order, record), check, attempt)
+            created = await self.steps.create(self._target(node, order, record), step, attempt)
         except (ApiError, ValueError) as err:
-            failed = api.StepRecord(
-                name=VALIDATION,
-                phase=api.StepPhase.FAILED,
-                start_time=now,
-                end_time=now,
-                message=f"could not start: {err}",
-            )
-            await self._ended(node, order, record, failed)
-            return
-        running = api.StepRecord(
-            name=VALIDATION,
-            attempt=attempt,
-            phase=api.StepPhase.RUNNING,
-            start_time=now,
-            object=created,
-            message=f"started {created}",
-        )
-        await self._write(node, record.model_copy(update={"validation": running}))
-        await self._event(node, "Normal", api.Reason.VALIDATION_STARTED, created)
+            update = {"phase": api.StepPhase.FAILED, "end_time": now}
+            return began.model_copy(update={**update, "message": f"could not start: {err}"})
+        return began.model_copy(update={"object": created, "message": f"started {created}"})
 
     async def _follow(
         self,

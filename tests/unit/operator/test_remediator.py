@@ -218,9 +218,15 @@ async def test_a_failed_validation_climbs_the_ladder() -> None:
     healthy = {"validation": check, "healthy": True, "release_due": True, "rules": ()}
     rig.sync(rig.order(**healthy))
     await rig.until(lambda: (rig.record().get("validation") or {}).get("phase") == "Running")
+    (first,) = [j["metadata"]["name"] for j in rig.jobs("validation")]
     rig.finish("validation", "Failed")
     await rig.until(lambda: rig.steps() == [("gpu-reset", "Running")])
     assert rig.record().get("validation") is None
+    # The step done, the node is validated again, by a Job of its own.
+    rig.finish("gpu-reset")
+    await rig.until(lambda: (rig.record().get("validation") or {}).get("attempt") == 2)
+    (second,) = [j["metadata"]["name"] for j in rig.jobs("validation")]
+    assert second != first
     await rig.remediator.stop()
 
 
@@ -358,3 +364,22 @@ async def test_steps_wait_for_the_drain() -> None:
     rig.sync(rig.order(ready=True))
     await rig.until(lambda: rig.steps() == [("gpu-reset", "Running")])
     await rig.remediator.stop()
+
+
+@run
+async def test_needs_service_survives_a_restart_and_nothing_runs_after_it() -> None:
+    rig = Rig()
+    rig.node()
+    spent = ladder(job_step("gpu-reset"), startAt={"xid-needs-reset": "NeedsService"})
+    rig.sync(rig.order(ladder=spent))
+    await rig.until(lambda: rig.record().get("needsService") is True)
+    await rig.remediator.stop()
+
+    again = Remediator(rig.kube, rig.index, lambda: rig.now, NS, sleep=rig.sleep, rand=lambda: 1.0)
+    again.sync({"gpu-1": rig.order(ladder=spent, healthy=True, release_due=True)})
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert rig.record().get("needsService") is True
+    assert rig.kube.nodes["gpu-1"]["metadata"]["labels"][api.NEEDS_SERVICE_LABEL] == "true"
+    assert rig.jobs() == []
+    await again.stop()
