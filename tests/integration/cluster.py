@@ -72,3 +72,31 @@ def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout}s: {problem}")
         time.sleep(interval)
+
+
+def namespaced_crd(group: str, version: str, kind: str, plural: str) -> dict[str, Any]:
+    """A CRD of any shape with a status subresource: a stand-in for another project's API."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "versions": [
+                {
+                    "name": version,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }

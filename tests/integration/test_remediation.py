@@ -20,7 +20,7 @@ from navarch.testing.workloads import OUTCOME, RUNS_FOR
 from navarch.wire import format_time
 
 from .chart import CHART, Release
-from .cluster import eventually, unique
+from .cluster import eventually, namespaced_crd, unique
 from .workloads_env import GPU_NODES, StandIns, WorkloadCluster, governed
 
 TIMEOUT = 90
@@ -277,36 +277,7 @@ def remediation_kinds(world: WorkloadCluster) -> None:
     """PowerCycleTemplate and PowerCycle: a remediator's API, as medik8s's contract has it."""
     for kind in ("PowerCycleTemplate", "PowerCycle"):
         plural = kind.lower() + "s"
-        world.cluster.kubectl(
-            "apply",
-            "-f",
-            "-",
-            stdin=json.dumps(
-                {
-                    "apiVersion": "apiextensions.k8s.io/v1",
-                    "kind": "CustomResourceDefinition",
-                    "metadata": {"name": f"{plural}.{GROUP}"},
-                    "spec": {
-                        "group": GROUP,
-                        "scope": "Namespaced",
-                        "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-                        "versions": [
-                            {
-                                "name": "v1",
-                                "served": True,
-                                "storage": True,
-                                "schema": {
-                                    "openAPIV3Schema": {
-                                        "type": "object",
-                                        "x-kubernetes-preserve-unknown-fields": True,
-                                    }
-                                },
-                            }
-                        ],
-                    },
-                }
-            ),
-        )
+        world.create(namespaced_crd(GROUP, "v1", kind, plural))
         world.cluster.kubectl(
             "wait", "--for=condition=Established", f"crd/{plural}.{GROUP}", "--timeout=60s"
         )
@@ -371,6 +342,7 @@ def test_a_template_step_creates_the_remediators_object_reads_it_and_deletes_it(
                 sick,
                 "-n",
                 namespace,
+                "--subresource=status",
                 "--type=merge",
                 "-p",
                 json.dumps(done),

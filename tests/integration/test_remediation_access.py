@@ -38,7 +38,7 @@ from .chart import (
     pod_bound_token,
     with_token,
 )
-from .cluster import Cluster, eventually, unique
+from .cluster import Cluster, eventually, namespaced_crd, unique
 
 JOB_CONFIG_MAPS = ("navarch-gpu-reset", "navarch-reboot", "navarch-gpu-validate")
 GROUP, VERSION = "remediation.test.navarch.dev", "v1alpha1"
@@ -52,36 +52,9 @@ TEMPLATE_VALUES = json.dumps(
 )
 
 
-def crd(kind: str, plural: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "x-kubernetes-preserve-unknown-fields": True,
-                        }
-                    },
-                }
-            ],
-        },
-    }
-
-
 CRDS = (
-    crd("FakeNodeRemediationTemplate", TEMPLATES),
-    crd("FakeNodeRemediation", REMEDIATIONS),
+    namespaced_crd(GROUP, VERSION, "FakeNodeRemediationTemplate", TEMPLATES),
+    namespaced_crd(GROUP, VERSION, "FakeNodeRemediation", REMEDIATIONS),
 )
 
 
