@@ -10,7 +10,11 @@ writes (a fault, a recovery) before heartbeats. A node whose write fails backs o
 agent does (``navarch.backoff``), and a fault it sees meanwhile waits for the next try.
 
 A simulated reboot is what a real one is to the agent: a new boot id, a fresh state, GPUs
-back, volatile counters zeroed.
+back, volatile counters zeroed. A simulated GPU reset (a remediation step that succeeded) is
+what the agent sees of ``nvidia-smi -r``: the GPUs leave NVML's list while the reset runs and
+come back with their volatile counters zeroed, so the agent's reset tracker stamps their
+``resetTime`` and the operator stops counting the XIDs before it. A GPU off the bus is not
+in the list to reset: only a reboot brings it back.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from navarch.sim.scenario import FaultKind
 log = logging.getLogger(__name__)
 
 URGENT, HEARTBEAT = 0, 1
+RESET_HEALS = frozenset({"xid", "ecc"})
+"""The fault kinds a GPU reset heals; a lost GPU and a silent node need a reboot."""
 STUCK_AFTER = 3600.0
 """The simulated NVML never hangs; the agent's stuck detector must not fire between writes."""
 
@@ -62,6 +68,8 @@ class SimNode:
     readings: list[api.GpuStatus] = field(init=False)
     silent: bool = False
     faults: list[FaultKind] = field(default_factory=list)
+    fault_gpus: list[int | None] = field(default_factory=list)
+    """The GPU index each of ``faults`` struck; None for silence."""
 
     def __post_init__(self) -> None:
         self.boot(utcnow())
@@ -76,8 +84,10 @@ class SimNode:
         self.state = state
         self.silent = False
         self.faults = []
+        self.fault_gpus = []
 
-    def apply(self, fault: FaultKind, now: datetime) -> None:
+    def apply(self, fault: FaultKind, now: datetime) -> int | None:
+        """Break the node; return the GPU the fault struck (None for silence)."""
         gpu = self.rng.randrange(self.gpus)
         if fault.kind == "xid":
             assert fault.xid is not None
@@ -90,7 +100,29 @@ class SimNode:
             self.state.collected(synthetic.snapshot(self.readings), now)
         elif fault.kind == "silence":
             self.silent = True
+        struck = None if fault.kind == "silence" else gpu
         self.faults.append(fault)
+        self.fault_gpus.append(struck)
+        return struck
+
+    def reset_gpus(self, uuids: set[str], now: datetime) -> set[int]:
+        """Reset the GPUs ``uuids`` names (every GPU NVML lists when it names none); return the
+        indexes of the GPUs reset. XID and ECC faults on them are healed."""
+        reset = {g.index for g in self.readings if not uuids or g.uuid in uuids}
+        if not reset:
+            return reset
+        away = [g for g in self.readings if g.index not in reset]
+        self.state.collected(synthetic.snapshot(away), now)
+        self.readings = synthetic.after_reset(self.readings, reset)
+        self.state.collected(synthetic.snapshot(self.readings), now)
+        kept = [
+            (fault, gpu)
+            for fault, gpu in zip(self.faults, self.fault_gpus, strict=True)
+            if not (fault.kind in RESET_HEALS and gpu in reset)
+        ]
+        self.faults = [fault for fault, _ in kept]
+        self.fault_gpus = [gpu for _, gpu in kept]
+        return reset
 
 
 class AgentFleet:

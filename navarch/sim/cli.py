@@ -149,6 +149,9 @@ def summary(result: dict[str, Any]) -> str:
     drain = result.get("drain")
     if drain:
         lines += _drain_lines(drain)
+    remediated = result.get("remediation")
+    if remediated:
+        lines += _remediation_lines(remediated)
     lines.append(
         f"  operator: CPU {operator['cpuPercentMean']}% mean, RSS max {operator['rssMiBMax']} MiB, "
         f"{operator['restarts']} restarts"
@@ -178,6 +181,27 @@ def _drain_lines(drain: dict[str, Any]) -> list[str]:
             if step["podsRemoved"]
         ),
     ]
+
+
+def _remediation_lines(section: dict[str, Any]) -> list[str]:
+    spent = section["needsService"]
+    lines = [
+        f"  time to recovery (fault to release): {_stats(section['timeToRecovery'])}",
+        f"  remediation: {section['quarantines']} quarantines, {section['released']} released, "
+        f"{len(spent)} NeedsService" + (f" ({', '.join(spent)})" if spent else ""),
+    ]
+    for label, key in (("steps, operator's records", "stepOutcomes"), ("Jobs", "jobs")):
+        counts = "; ".join(
+            f"{step} " + ", ".join(f"{n} {outcome}" for outcome, n in by.items())
+            for step, by in section[key].items()
+        )
+        lines.append(f"  {label}: {counts or 'none'}")
+    for phase, times in section["phases"].items():
+        lines.append(
+            f"  time in {phase}: {_stats(times)}"
+            + (f", {times['open']} still there" if times["open"] else "")
+        )
+    return lines
 
 
 def _rate(value: float | None) -> str:

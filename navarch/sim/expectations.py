@@ -6,6 +6,9 @@ quarantines for, exactly as many as there are such nodes or as storm protection 
 whichever is fewer; no node carries the taint twice; a node is cordoned only if the policy
 cordons and it is quarantined; and the ``GpuHealthy`` condition says ``False`` for a node with
 a quarantinable fault, ``Unknown`` for one whose agent went silent, and ``True`` for the rest.
+A node whose remediation ladder is spent (labelled ``navarch.dev/needs-service``) stays
+quarantined whatever its health, until a person services it: it counts as one that must be
+tainted.
 """
 
 from __future__ import annotations
@@ -44,6 +47,12 @@ def gpu_condition(node: Mapping[str, Any]) -> str | None:
     return None
 
 
+def needs_service(node: Mapping[str, Any]) -> bool:
+    """Whether the operator marked the Node NeedsService: its remediation ladder is spent."""
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    return labels.get(api.NEEDS_SERVICE_LABEL) == "true"
+
+
 def mismatches(expected: Expected, nodes: Iterable[Mapping[str, Any]]) -> list[str]:
     """Every way ``nodes`` differ from ``expected``; empty when the fleet is as it should be."""
     problems: dict[str, list[str]] = {}
@@ -52,8 +61,11 @@ def mismatches(expected: Expected, nodes: Iterable[Mapping[str, Any]]) -> list[s
         problems.setdefault(kind, []).append(name)
 
     tainted: set[str] = set()
+    held = set(expected.quarantinable)
     for node in nodes:
         name = node["metadata"]["name"]
+        if needs_service(node):
+            held.add(name)
         taints = [
             t
             for t in (node.get("spec") or {}).get("taints") or []
@@ -63,7 +75,7 @@ def mismatches(expected: Expected, nodes: Iterable[Mapping[str, Any]]) -> list[s
             note("carry the taint twice", name)
         if taints:
             tainted.add(name)
-            if name not in expected.quarantinable:
+            if name not in expected.quarantinable and not needs_service(node):
                 note("are tainted without a quarantinable fault", name)
         cordoned = bool((node.get("spec") or {}).get("unschedulable"))
         if cordoned and not (expected.cordons and name in tainted):
@@ -74,7 +86,7 @@ def mismatches(expected: Expected, nodes: Iterable[Mapping[str, Any]]) -> list[s
         # A dry run touches no Node, its condition included.
         if not expected.dry_run and condition != expected.condition(name):
             note(f"have GpuHealthy other than expected ({expected.condition(name)})", name)
-    want = 0 if expected.dry_run else min(len(expected.quarantinable), expected.cap)
+    want = 0 if expected.dry_run else min(len(held), expected.cap)
     out = []
     if len(tainted) != want:
         out.append(f"{len(tainted)} nodes tainted, expected {want}")

@@ -3,11 +3,12 @@
 The page shows the scenario and the machine it ran on, the pass/fail checks with an overall
 banner, a summary table (fault-to-taint and recovery-to-release latency, quarantine
 throughput, API load, operator CPU and memory, storm cap; with pods or drains, quarantine-to-
-drained latency, drain duration, drains by phase and evictions per second), then plots drawn
-as inline SVG: the fault-to-taint latency histogram, the CDFs of the latencies, tainted and
-faulty nodes over time against the storm cap with the scheduled events marked, pods left over
-time (with pods), operator CPU % and RSS over time, and API requests per second over time;
-last, the API request rate broken down by request.
+drained latency, drain duration, drains by phase and evictions per second; with remediation,
+time to recovery, quarantines released and NeedsService, each step's outcomes and the time in
+each lifecycle phase), then plots drawn as inline SVG: the fault-to-taint latency histogram,
+the CDFs of the latencies, tainted and faulty nodes over time against the storm cap with the
+scheduled events marked, pods left over time (with pods), operator CPU % and RSS over time,
+and API requests per second over time; last, the API request rate broken down by request.
 
 The page carries no JavaScript and loads nothing, so it can be attached to a CI run or mailed
 and still open years later. The plotting is a handful of small SVG helpers rather than a
@@ -167,6 +168,16 @@ def _summary(result: Mapping[str, Any]) -> str:
             )
             if drain[key]["count"]
         ]
+    remediated = result.get("remediation")
+    if remediated and remediated["timeToRecovery"]["count"]:
+        recovery = remediated["timeToRecovery"]
+        latency_rows.append(
+            (
+                "Fault → release (time to recovery)",
+                _count(recovery["count"]),
+                *(_num(recovery[s], 3) for s in stats),
+            )
+        )
     groups: list[tuple[str, list[tuple[str, str]]]] = [
         (
             "Throughput",
@@ -221,6 +232,18 @@ def _summary(result: Mapping[str, Any]) -> str:
                 ],
             )
         )
+    if remediated:
+        groups.append(
+            (
+                "Remediation",
+                [
+                    ("Quarantines", _count(remediated["quarantines"])),
+                    ("Released", _count(remediated["released"])),
+                    ("Not released", _count(remediated["notReleased"])),
+                    ("NeedsService at the end", _count(len(remediated["needsService"]))),
+                ],
+            )
+        )
     cards = "\n".join(
         f'<div class="card"><h3>{escape(name)}</h3>\n{_table(("", ""), rows)}</div>'
         for name, rows in groups
@@ -230,7 +253,54 @@ def _summary(result: Mapping[str, Any]) -> str:
         + _table(("", "count", *stats), latency_rows)
         + f'\n<div class="cards">\n{cards}\n</div>'
         + (_drain_steps(drain.get("byStep") or {}) if drain else "")
+        + (_remediation_tables(remediated) if remediated else "")
     )
+
+
+def _remediation_tables(section: Mapping[str, Any]) -> str:
+    """Each step's outcomes, as the operator recorded them and as the simulated Job controller
+    ended the Jobs; the time spent in each lifecycle phase; the nodes left NeedsService."""
+    operator, jobs = section["stepOutcomes"] or {}, section["jobs"] or {}
+    configured = {s["name"]: s for s in section["steps"]}
+    if section.get("validation"):
+        configured[section["validation"]["name"]] = section["validation"]
+    steps = [*configured, *sorted((set(operator) | set(jobs)) - set(configured))]
+
+    def counts(by: Mapping[str, int] | None) -> str:
+        return ", ".join(f"{n} {outcome}" for outcome, n in (by or {}).items()) or NO_VALUE
+
+    rows = [
+        (
+            step,
+            _duration(configured[step]["durationSeconds"]) if step in configured else NO_VALUE,
+            _num(configured[step]["failureRate"], 2) if step in configured else NO_VALUE,
+            counts(operator.get(step)),
+            counts(jobs.get(step)),
+        )
+        for step in steps
+    ]
+    out = "\n<h3>Remediation steps</h3>\n" + _table(
+        ("Step", "duration", "failure rate", "operator's records", "simulated Jobs"), rows
+    )
+    phases = section["phases"] or {}
+    if phases:
+        phase_rows = [
+            (
+                str(phase),
+                _count(times["count"]),
+                _count(times["open"]),
+                *(_num(times[k], 1) for k in ("p50", "p90", "max")),
+                _num(times["totalSeconds"], 1),
+            )
+            for phase, times in phases.items()
+        ]
+        out += "\n<h3>Time in each lifecycle phase (seconds)</h3>\n" + _table(
+            ("Phase", "stays ended", "still there", "p50", "p90", "max", "total"), phase_rows
+        )
+    spent = section["needsService"] or []
+    if spent:
+        out += f"\n<p>NeedsService at the end: {escape(', '.join(spent))}</p>"
+    return out
 
 
 def _drain_steps(steps: Mapping[str, Mapping[str, Any]]) -> str:
@@ -274,6 +344,10 @@ def _plots(result: Mapping[str, Any]) -> str:
     ]
     if drained:
         cdfs.append(_Series("quarantine → drained", GREEN, [cdf(drained)]))
+    remediated = result.get("remediation")
+    recovered = (remediated["timeToRecovery"]["samples"] or []) if remediated else []
+    if recovered:
+        cdfs.append(_Series("fault → release", RED, [cdf(recovered)]))
     pods_plot = []
     if drain and drain["pods"]:
         pods_plot.append(

@@ -3,14 +3,19 @@
 Phases:
 
 1. **Set up**: the scenario's GpuHealthPolicy, selecting only this run's Nodes; the Nodes; the
-   GPU pods bound to them, when the scenario has any (``pods``); and one simulated agent per
-   node (``agents``), whose first writes create the GpuNodeHealths.
-2. **Start** the real ``navarch-operator`` and wait until it has judged every node Healthy.
+   run's namespace, which is the operator's (``--namespace``), with the GPU pods bound to the
+   nodes when the scenario has any (``pods``) and the ConfigMaps of its remediation steps
+   (``remediation``); and one simulated agent per node (``agents``), whose first writes create
+   the GpuNodeHealths.
+2. **Start** the real ``navarch-operator`` and wait until it has judged every node Healthy;
+   with remediation, the simulated Job controller (``jobs``) ends its steps' Jobs and heals the
+   nodes of the steps that succeed.
 3. **Play** the timeline (``plan``): faults, recoveries, operator SIGKILLs and restarts,
    API-server stops and starts, sampling the fleet and the operator every second.
 4. **Converge**: once the timeline is over, the fleet must reach what the policy asks for
    (``expectations``) within the scenario's timeout, and, when the policy drains, every
-   quarantined node's drain must have ended (``drains``).
+   quarantined node's drain must have ended (``drains``), and, when it remediates, every
+   quarantined node must have been released or marked NeedsService.
 
 The result is a JSON-ready dict (the report's input, see ``report``).
 """
@@ -40,14 +45,16 @@ from navarch.gpu import GPU_PRESENT_LABEL
 from navarch.node_agent.kube import KubeClient, load_kubeconfig
 from navarch.node_agent.writer import GNH_COLLECTION, NODE_COLLECTION
 from navarch.operator.policy import ACTION_NAMES, storm_limit
-from navarch.sim import drains, pods, probes, stats
-from navarch.sim.agents import AgentFleet, SimNode
-from navarch.sim.expectations import Expected, gpu_condition, mismatches
+from navarch.sim import drains, pods, probes, remediation, stats
+from navarch.sim.agents import RESET_HEALS, AgentFleet, SimNode
+from navarch.sim.expectations import Expected, gpu_condition, mismatches, needs_service
+from navarch.sim.jobs import JobController, outcomes
 from navarch.sim.observer import TaintObserver
+from navarch.sim.phases import HealthObserver
 from navarch.sim.plan import Step, StepKind, plan
-from navarch.sim.scenario import FaultKind, Scenario, ScenarioError, Target
+from navarch.sim.scenario import FaultKind, JobBehaviour, Scenario, ScenarioError, Target
 from navarch.testing.operator_process import OperatorProcess
-from navarch.wire import format_time
+from navarch.wire import format_time, parse_time
 
 if TYPE_CHECKING:
     from navarch.testing.controlplane import ControlPlane
@@ -86,6 +93,8 @@ class FaultRecord:
     recovered_at: float | None = None
     written_at: float | None = None
     """When the API server accepted the agent's status write that reported it."""
+    gpu: int | None = None
+    """The GPU it struck; None for silence."""
 
 
 @dataclass
@@ -229,8 +238,30 @@ class Simulation:
             else None
         )
         self.healths: list[dict[str, Any]] = []
-        """The run's GpuNodeHealths at the end, for the drains' records."""
-        self.operator = OperatorProcess(kubeconfig, workdir / "operator.log", scenario.workers)
+        """The run's GpuNodeHealths at the end, for the drains' and remediations' records."""
+        self.final_nodes: list[dict[str, Any]] = []
+        """The run's Nodes at the end, for the nodes marked NeedsService."""
+        self._lock = threading.Lock()
+        """Held while a node is broken, rebooted or healed: the Job controller heals from its
+        own thread."""
+        self.jobs = (
+            JobController(
+                self.credentials,
+                self.namespace,
+                scenario.remediation,
+                seed=scenario.seed,
+                heal=self._heal,
+            )
+            if scenario.remediation is not None and scenario.remediates
+            else None
+        )
+        self.lifecycle = HealthObserver(self.credentials, names) if self.jobs is not None else None
+        self.operator = OperatorProcess(
+            kubeconfig,
+            workdir / "operator.log",
+            scenario.workers,
+            extra_args=["--namespace", self.namespace],
+        )
         self.requests = probes.RequestCounter(self.credentials)
         self.usage = OperatorUsage()
         self.faults: list[FaultRecord] = []
@@ -259,8 +290,10 @@ class Simulation:
             self._play()
             converged, problems, converge_seconds = self._converge()
             elapsed = time.time() - self.t0
-            if self.scenario.drains or self.pods is not None:
+            if self.scenario.drains or self.pods is not None or self.jobs is not None:
                 self.healths = self._healths()
+            if self.jobs is not None:
+                self.final_nodes = self._list_nodes()
             api_after = self.requests.read()
             writes = self.agents.writes - writes_before
             alive = self.operator.pid is not None
@@ -299,8 +332,20 @@ class Simulation:
         with ThreadPoolExecutor(SETUP_THREADS) as pool:
             list(pool.map(self._create_node, self.nodes))
         self.say(f"created {s.nodes:,} Nodes in {time.monotonic() - began:.1f} s")
+        if s.pods_per_node or s.remediation is not None:
+            self._create_namespace()
         if s.pods_per_node:
             self._create_pods()
+        if s.remediation is not None:
+            for behaviour in s.remediation.jobs:
+                self.client.create(
+                    f"/api/v1/namespaces/{self.namespace}/configmaps",
+                    remediation.config_map(behaviour, {SIM_LABEL: self.run_id}),
+                )
+            self.say(
+                f"created the ConfigMaps of {len(s.remediation.jobs)} remediation Jobs in "
+                f"{self.namespace}"
+            )
         began = time.monotonic()
         self.agents.start()
         while self.agents.writes < s.nodes:
@@ -329,11 +374,9 @@ class Simulation:
             client = self._clients.client = KubeClient(self.credentials)
         return client
 
-    def _create_pods(self) -> None:
-        """The run's namespace, its default ServiceAccount (which admission wants and no
-        controller manager creates here), and the pods of every node, marked Running."""
-        s = self.scenario
-        began = time.monotonic()
+    def _create_namespace(self) -> None:
+        """The run's namespace, the operator's too, and its default ServiceAccount (which
+        admission wants for pods and no controller manager creates here)."""
         self.client.create("/api/v1/namespaces", {"metadata": {"name": self.namespace}})
         try:
             self.client.create(
@@ -344,6 +387,11 @@ class Simulation:
             # A cluster's own controller manager may have made it first.
             if err.status != CONFLICT:
                 raise
+
+    def _create_pods(self) -> None:
+        """The pods of every node, marked Running."""
+        s = self.scenario
+        began = time.monotonic()
         with ThreadPoolExecutor(SETUP_THREADS) as pool:
             list(pool.map(self._create_node_pods, self.nodes))
         self.say(
@@ -364,6 +412,9 @@ class Simulation:
         self.observer.start()
         if self.pods is not None:
             self.pods.start()
+        if self.jobs is not None and self.lifecycle is not None:
+            self.jobs.start()
+            self.lifecycle.start()
         self.operator.start()
         self.say(
             f"navarch-operator started (pid {self.operator.pid}, log {self.operator.log_path})"
@@ -513,18 +564,18 @@ class Simulation:
         return self.rng.sample(pool, min(target.count, len(pool)))
 
     def _break(self, node: SimNode, fault: FaultKind, at: float, step: str | None) -> None:
-        self.faults.append(
-            FaultRecord(
-                node.name,
-                fault,
-                at,
-                fault.quarantines(self.scenario.stale_action),
-                self.observer.is_tainted(node.name),
-                step,
-            )
+        record = FaultRecord(
+            node.name,
+            fault,
+            at,
+            fault.quarantines(self.scenario.stale_action),
+            self.observer.is_tainted(node.name),
+            step,
         )
-        self._open_faults.setdefault(node.name, []).append(self.faults[-1])
-        node.apply(fault, datetime.fromtimestamp(at, UTC))
+        with self._lock:
+            self.faults.append(record)
+            self._open_faults.setdefault(node.name, []).append(record)
+            record.gpu = node.apply(fault, datetime.fromtimestamp(at, UTC))
         self.agents.write_now(node.name)
 
     def _written(self, name: str, at: float) -> None:
@@ -533,11 +584,36 @@ class Simulation:
 
     def _recover(self, node: SimNode, at: float) -> None:
         self.recoveries.append(RecoveryRecord(node.name, at, self.observer.is_tainted(node.name)))
-        for record in self.faults:
-            if record.node == node.name and record.recovered_at is None:
-                record.recovered_at = at
-        node.boot(datetime.fromtimestamp(at, UTC))
+        with self._lock:
+            for record in self.faults:
+                if record.node == node.name and record.recovered_at is None:
+                    record.recovered_at = at
+            node.boot(datetime.fromtimestamp(at, UTC))
         self.agents.write_now(node.name)
+
+    def _heal(self, name: str, step: JobBehaviour, gpus: set[str]) -> None:
+        """What a remediation step that succeeded did to the node (the Job controller's
+        thread): a reboot heals every fault, a GPU reset the XID and ECC faults of the GPUs the
+        Job named; a validation heals nothing."""
+        if step.fixes is None:
+            return
+        node = self.agents.nodes[name]
+        at = time.time()
+        with self._lock:
+            if step.fixes == api.StepFix.REBOOT:
+                node.boot(datetime.fromtimestamp(at, UTC))
+                healed = [r for r in self.faults if r.node == name]
+            else:
+                reset = node.reset_gpus(gpus, datetime.fromtimestamp(at, UTC))
+                healed = [
+                    r
+                    for r in self.faults
+                    if r.node == name and r.fault.kind in RESET_HEALS and r.gpu in reset
+                ]
+            for record in healed:
+                if record.recovered_at is None:
+                    record.recovered_at = at
+        self.agents.write_now(name)
 
     def _expected(self) -> Expected:
         s = self.scenario
@@ -563,7 +639,18 @@ class Simulation:
         )
         problems: list[str] = []
         while time.monotonic() < deadline:
-            problems = mismatches(expected, self._list_nodes())
+            listed = self._list_nodes()
+            # Remediation heals nodes while the fleet converges: what to expect changes.
+            expected = self._expected()
+            problems = mismatches(expected, listed)
+            if not problems and self.jobs is not None:
+                waiting = self._remediating(listed, self._healths())
+                if waiting:
+                    shown = ", ".join(waiting[:5])
+                    problems = [
+                        f"{len(waiting)} quarantined nodes are neither released nor "
+                        f"NeedsService: {shown}"
+                    ]
             if not problems and self.scenario.drains:
                 nodes, records = self._expected_drains(self._healths())
                 waiting = drains.unfinished(nodes, records)
@@ -581,12 +668,20 @@ class Simulation:
             self.say(f"not converged: {problem}")
         return False, problems, None
 
+    def _remediating(self, nodes: list[dict[str, Any]], healths: list[dict[str, Any]]) -> list[str]:
+        """The tainted nodes still on their way: neither released nor NeedsService."""
+        tainted = [n.name for n in self.nodes if self.observer.is_tainted(n.name)]
+        return remediation.unfinished(nodes, healths, tainted)
+
     def _teardown(self) -> None:
         self._stop_sampling.set()
         if self._sampler is not None:
             self._sampler.join(timeout=10)
         self.agents.stop()
         self.operator.stop()
+        if self.jobs is not None and self.lifecycle is not None:
+            self.jobs.stop()
+            self.lifecycle.stop()
         self.observer.stop()
         if self.pods is not None:
             self.pods.stop()
@@ -638,6 +733,8 @@ class Simulation:
         api_rate = f"{self._api_rate:.0f}/s" if self._api_rate is not None else "-"
         faulty = len(self._expected().quarantinable)
         left = f" pods={self.pods.left:6d}" if self.pods is not None else ""
+        if self.jobs is not None:
+            left += f" jobs={self.jobs.running:4d}"
         self.say(
             f"t={now:6.1f}s faults={len(self.faults):5d} faulty={faulty:5d} "
             f"tainted={self.observer.tainted:5d}{left} operator cpu={cpu} rss={rss} "
@@ -695,6 +792,45 @@ class Simulation:
             pods_left=0 if self.pods is None else self.pods.left,
         )
         return {"podsPerNode": s.pods_per_node, **summary}
+
+    def _remediation_result(self, end: float) -> dict[str, Any] | None:
+        """The result's ``remediation`` section (see ``remediation``); None without one."""
+        s = self.scenario
+        if self.jobs is None or self.lifecycle is None or s.remediation is None:
+            return None
+        faults = [
+            remediation.Fault(f.node, f.at, f.recovered_at)
+            for f in self.faults
+            if f.quarantines and not f.was_tainted
+        ]
+        found = remediation.recoveries(faults, self.observer.transitions)
+        steps = self.lifecycle.step_records()
+        taken: dict[str, list[tuple[float, str]]] = {}
+        for seen, phase in steps.items():
+            if seen.start is not None:
+                at = parse_time(seen.start).timestamp()
+                taken.setdefault(seen.node, []).append((at, f"{seen.step}:{phase}"))
+        return remediation.summarize(
+            s.remediation,
+            found,
+            spent=[str(n["metadata"]["name"]) for n in self.final_nodes if needs_service(n)],
+            operator_steps=remediation.step_outcomes((k.step, v) for k, v in steps.items()),
+            jobs=outcomes(self.jobs.records),
+            phases=remediation.phase_times(self.lifecycle.phases(), end),
+            taken=taken,
+            t0=self.t0,
+        )
+
+    def _remediation_check(self, section: dict[str, Any]) -> dict[str, Any]:
+        tainted = [n.name for n in self.nodes if self.observer.is_tainted(n.name)]
+        waiting = remediation.unfinished(self.final_nodes, self.healths, tainted)
+        released, spent = section["released"], len(section["needsService"])
+        return check(
+            "every quarantine ended released or NeedsService",
+            not waiting,
+            f"{released} released, {spent} NeedsService"
+            + (f"; still on the ladder: {', '.join(waiting[:5])}" if waiting else ""),
+        )
 
     def _drain_check(self) -> dict[str, Any]:
         nodes, records = self._expected_drains(self.healths)
@@ -784,6 +920,9 @@ class Simulation:
         drain = self._drain_result()
         if s.drains:
             checks.append(self._drain_check())
+        remediated = self._remediation_result(self.t0 + elapsed)
+        if remediated is not None:
+            checks.append(self._remediation_check(remediated))
         return {
             "scenario": {
                 "name": s.name,
@@ -796,6 +935,7 @@ class Simulation:
                 "maxUnhealthy": str(s.policy_spec.max_unhealthy),
                 "healthyFor": s.healthy_for,
                 "durationSeconds": s.duration,
+                "remediates": s.remediates,
             },
             "machine": machine(),
             "startedAt": format_time(started),
@@ -847,6 +987,7 @@ class Simulation:
                 "capHeld": self.observer.max_tainted <= cap,
             },
             "drain": drain,
+            "remediation": remediated,
             "timeline": [
                 {
                     "t": x.t,

@@ -1,8 +1,10 @@
 """Simulator scenario files: the YAML format, read into checked, typed values.
 
 A scenario says how big the fleet is (and how many GPU pods each node runs, for drains to move),
-which GpuHealthPolicy governs it, and what happens to it over time: faults at fixed moments,
-random faults at a rate, recoveries, operator restarts and API-server restarts.
+which GpuHealthPolicy governs it, how its remediation steps behave (how long each takes and how
+often it fails: the simulator plays the Job controller), and what happens to it over time:
+faults at fixed moments, random faults at a rate, recoveries, operator restarts and API-server
+restarts.
 ``scenarios/README.md`` documents every key with examples. Reading goes through the same typed
 conversion as the custom resources, so a mistake is reported with its exact path
 (``faults[2].nodes: Input should be a valid integer, got 'ten'``), and keys that mean nothing
@@ -12,6 +14,7 @@ run.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +28,18 @@ from navarch.api import Model
 from navarch.durations import parse_duration
 from navarch.errors import InvalidObjectError, NavarchError
 from navarch.operator.drain_plan import compile_drain
+from navarch.operator.ladder import compile_ladder
 from navarch.operator.policy import ACTION_NAMES, check_max_unhealthy
 from navarch.wire import from_wire
 from navarch.xid_catalog import HARDWARE_ACTIONS, RESET_ACTIONS, classify
 
 MAX_NODES = 5000
+VALIDATION_STEP = "validation"
+"""The step label of the operator's validation Jobs."""
+STEP_CONFIG_MAP = "sim-step-{}"
+VALIDATION_CONFIG_MAP = "sim-validation"
+"""The ConfigMaps, in the operator's namespace, that hold the Jobs of the simulated steps."""
+SIMULATED_FIXES = (api.StepFix.GPU_RESET, api.StepFix.REBOOT)
 _FAULT = re.compile(r"^(xid) ([0-9]+)$|^(ecc|gpu-lost|silence)$")
 
 
@@ -150,6 +160,45 @@ class ScheduledRecovery(Model):
     names: list[str] = Field(default_factory=list, description="These nodes, by name.")
 
 
+class SimulatedStep(Model):
+    name: str = Field(
+        description="The step's name, as in the policy's ladder.", min_length=1, max_length=40
+    )
+    fixes: api.StepFix = Field(
+        description="GpuReset (a success resets the GPUs the Job names) or Reboot (a success "
+        "reboots the node).",
+        strict=False,
+    )
+    duration: str = Field("10s", description="How long the step's Job runs before it ends.")
+    failure_rate: float = Field(
+        0.0, description="The chance, from 0 to 1, that the Job fails; a failure heals nothing."
+    )
+    timeout: str = Field("15m", description="The step's timeout in the policy.")
+    attempts: int = Field(
+        1, description="How often the policy tries the step before the next.", ge=1, le=5
+    )
+
+
+class SimulatedValidation(Model):
+    duration: str = Field("10s", description="How long the validation Job runs.")
+    failure_rate: float = Field(0.0, description="The chance, from 0 to 1, that it fails.")
+    timeout: str = Field("30m", description="The validation's timeout in the policy.")
+
+
+class RemediationSettings(Model):
+    steps: list[SimulatedStep] = Field(
+        default_factory=list,
+        description="The ladder of actions.unhealthy.remediate, least disruptive first, each a "
+        "Job the simulator completes.",
+    )
+    start_at: dict[str, str] = Field(
+        default_factory=dict, description="The ladder's startAt: rule name to step name."
+    )
+    validation: SimulatedValidation | None = Field(
+        None, description="The policy's validation Job, run before each release."
+    )
+
+
 class ScenarioFile(Model):
     name: str = Field(description="Short name, used for the report.")
     description: str = Field("", description="What the scenario shows.")
@@ -167,6 +216,10 @@ class ScenarioFile(Model):
     policy: dict[str, Any] = Field(
         default_factory=dict,
         description="The GpuHealthPolicy spec; nodeSelector is set by the simulator.",
+    )
+    remediation: RemediationSettings | None = Field(
+        None,
+        description="Remediation steps of the unhealthy action, and how their Jobs behave.",
     )
     operator: OperatorSettings = Field(
         default_factory=OperatorSettings, description="How the operator runs."
@@ -223,6 +276,37 @@ class RandomFaultSource:
 
 
 @dataclass(frozen=True)
+class JobBehaviour:
+    """How the simulated Job controller ends one step's Jobs."""
+
+    name: str
+    """The step's name: the Jobs' ``navarch.dev/step`` label."""
+    fixes: api.StepFix | None
+    """What a success heals: GpuReset, Reboot, or None (validation heals nothing)."""
+    duration: float
+    failure_rate: float
+    config_map: str
+
+
+@dataclass(frozen=True)
+class Remediation:
+    """The scenario's remediation: each step's Jobs, and the validation's."""
+
+    steps: tuple[JobBehaviour, ...]
+    validation: JobBehaviour | None
+
+    def behaviour(self, step: str) -> JobBehaviour | None:
+        """How the Jobs labelled with ``step`` behave; None for a step the scenario lacks."""
+        if step == VALIDATION_STEP:
+            return self.validation
+        return next((s for s in self.steps if s.name == step), None)
+
+    @property
+    def jobs(self) -> tuple[JobBehaviour, ...]:
+        return self.steps + ((self.validation,) if self.validation is not None else ())
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A checked scenario; times are seconds from the start of the scenario."""
 
@@ -240,6 +324,7 @@ class Scenario:
     heartbeat_interval: float
     policy: dict[str, Any]
     policy_spec: api.GpuHealthPolicySpec
+    remediation: Remediation | None
     workers: int
     restarts: tuple[float, float] | None
     api_server_outages: tuple[ApiServerOutage, ...]
@@ -261,6 +346,11 @@ class Scenario:
     def cordons(self) -> bool:
         actions = self.policy_spec.actions or api.Actions()
         return actions.unhealthy.cordon
+
+    @property
+    def remediates(self) -> bool:
+        """Whether the policy remediates quarantined nodes (a dry run only lists the steps)."""
+        return self.remediation is not None and not self.policy_spec.dry_run
 
     @property
     def drains(self) -> bool:
@@ -354,22 +444,7 @@ def _resolve(raw: ScenarioFile, source: str) -> Scenario:
             "scenario.fleet.podsPerNode",
             f"must be from 0 to gpusPerNode ({fleet.gpus_per_node}): each pod asks for one GPU",
         )
-    if "nodeSelector" in raw.policy:
-        raise InvalidObjectError(
-            "scenario.policy.nodeSelector", "is set by the simulator to select its own nodes"
-        )
-    spec = from_wire(api.GpuHealthPolicySpec, raw.policy, "scenario.policy", extra="forbid")
-    for key, value in (
-        ("heartbeatTimeout", spec.heartbeat_timeout),
-        ("recovery.healthyFor", spec.recovery.healthy_for if spec.recovery else None),
-        ("xids.window", spec.xids.window if spec.xids else None),
-    ):
-        _optional_seconds(value, f"scenario.policy.{key}")
-    try:
-        check_max_unhealthy(spec.max_unhealthy)
-    except ValueError as err:
-        raise InvalidObjectError("scenario.policy.maxUnhealthy", str(err)) from None
-    _check_drains(spec)
+    policy, spec, behaviours = _policy(raw)
     duration = _seconds(raw.duration, "scenario.duration")
     restarts = None
     if raw.operator.restarts is not None:
@@ -418,8 +493,9 @@ def _resolve(raw: ScenarioFile, source: str) -> Scenario:
         pods_per_node=fleet.pods_per_node,
         racks=fleet.racks,
         heartbeat_interval=_seconds(fleet.heartbeat_interval, "scenario.fleet.heartbeatInterval"),
-        policy=dict(raw.policy),
+        policy=policy,
         policy_spec=spec,
+        remediation=behaviours,
         workers=raw.operator.workers,
         restarts=restarts,
         api_server_outages=outages,
@@ -447,6 +523,39 @@ def _resolve(raw: ScenarioFile, source: str) -> Scenario:
     return scenario
 
 
+def _policy(
+    raw: ScenarioFile,
+) -> tuple[dict[str, Any], api.GpuHealthPolicySpec, Remediation | None]:
+    """The policy to create (with the remediation's ladder), its typed spec, and how the
+    remediation's Jobs behave."""
+    if "nodeSelector" in raw.policy:
+        raise InvalidObjectError(
+            "scenario.policy.nodeSelector", "is set by the simulator to select its own nodes"
+        )
+    _refuse_policy_remediation(raw.policy)
+    behaviours = _behaviours(raw.remediation)
+    policy = _with_remediation(raw.policy, raw.remediation)
+    spec = from_wire(api.GpuHealthPolicySpec, policy, "scenario.policy", extra="forbid")
+    for key, value in (
+        ("heartbeatTimeout", spec.heartbeat_timeout),
+        ("recovery.healthyFor", spec.recovery.healthy_for if spec.recovery else None),
+        ("xids.window", spec.xids.window if spec.xids else None),
+    ):
+        _optional_seconds(value, f"scenario.policy.{key}")
+    try:
+        check_max_unhealthy(spec.max_unhealthy)
+    except ValueError as err:
+        raise InvalidObjectError("scenario.policy.maxUnhealthy", str(err)) from None
+    limits = spec.remediation_limits or api.RemediationLimits()
+    try:
+        check_max_unhealthy(limits.max_nodes)
+    except ValueError as err:
+        raise InvalidObjectError("scenario.policy.remediationLimits.maxNodes", str(err)) from None
+    _check_drains(spec)
+    _check_ladder(spec)
+    return policy, spec, behaviours
+
+
 def _check_drains(spec: api.GpuHealthPolicySpec) -> None:
     """What the operator would refuse in the policy's drains, refused before anything starts."""
     limits = spec.drain_limits or api.DrainLimits()
@@ -467,6 +576,132 @@ def _check_drains(spec: api.GpuHealthPolicySpec) -> None:
         except ValueError as err:
             field, _, problem = str(err).partition(": ")
             raise InvalidObjectError(f"{path}.{field}", problem) from None
+
+
+def _refuse_policy_remediation(policy: dict[str, Any]) -> None:
+    """The simulator writes the policy's remediation from ``remediation``: its Jobs are the
+    simulator's to complete, and their ConfigMaps its to create."""
+    problem = "is set by the simulator from scenario.remediation"
+    if "validation" in policy:
+        raise InvalidObjectError("scenario.policy.validation", problem)
+    actions = policy.get("actions")
+    if not isinstance(actions, dict):
+        return
+    for key in ACTION_NAMES:
+        action = actions.get(key)
+        if isinstance(action, dict) and "remediate" in action:
+            raise InvalidObjectError(f"scenario.policy.actions.{key}.remediate", problem)
+
+
+def _with_remediation(
+    policy: dict[str, Any], remediation: RemediationSettings | None
+) -> dict[str, Any]:
+    """The scenario's policy with the ladder of ``remediation`` as its unhealthy action's
+    ``remediate`` and its validation as ``validation``, each step a Job from the ConfigMap the
+    simulator creates."""
+    if remediation is None:
+        return dict(policy)
+    out = copy.deepcopy(policy)
+    actions = out.setdefault("actions", {})
+    unhealthy = actions.setdefault("unhealthy", {}) if isinstance(actions, dict) else None
+    if not isinstance(unhealthy, dict):
+        # Left for the typed conversion to refuse with its path.
+        return out
+    unhealthy["remediate"] = {
+        "steps": [
+            {
+                "name": step.name,
+                "fixes": str(step.fixes),
+                "job": {"configMap": STEP_CONFIG_MAP.format(step.name)},
+                "timeout": step.timeout,
+                "attempts": step.attempts,
+            }
+            for step in remediation.steps
+        ],
+        "startAt": dict(remediation.start_at),
+    }
+    if remediation.validation is not None:
+        out["validation"] = {
+            "job": {"configMap": VALIDATION_CONFIG_MAP},
+            "timeout": remediation.validation.timeout,
+        }
+    return out
+
+
+def _behaviours(raw: RemediationSettings | None) -> Remediation | None:
+    """How the scenario's Jobs behave, each value checked where the scenario spells it."""
+    if raw is None:
+        return None
+    path = "scenario.remediation"
+    if not raw.steps and raw.validation is None:
+        raise InvalidObjectError(path, "needs steps, a validation or both")
+    steps = []
+    for i, step in enumerate(raw.steps):
+        where = f"{path}.steps[{i}]"
+        if step.name == VALIDATION_STEP:
+            raise InvalidObjectError(f"{where}.name", "'validation' is the validation's label")
+        if step.fixes not in SIMULATED_FIXES:
+            raise InvalidObjectError(
+                f"{where}.fixes",
+                "must be GpuReset or Reboot: the simulator must know what a success heals",
+            )
+        _seconds(step.timeout, f"{where}.timeout")
+        steps.append(
+            _behaviour(
+                where,
+                step.name,
+                fixes=step.fixes,
+                duration=step.duration,
+                failure_rate=step.failure_rate,
+                config_map=STEP_CONFIG_MAP.format(step.name),
+            )
+        )
+    validation = None
+    if raw.validation is not None:
+        v = raw.validation
+        _seconds(v.timeout, f"{path}.validation.timeout")
+        validation = _behaviour(
+            f"{path}.validation",
+            VALIDATION_STEP,
+            fixes=None,
+            duration=v.duration,
+            failure_rate=v.failure_rate,
+            config_map=VALIDATION_CONFIG_MAP,
+        )
+    return Remediation(tuple(steps), validation)
+
+
+def _check_ladder(spec: api.GpuHealthPolicySpec) -> None:
+    """What the operator would refuse in the unhealthy action's ladder, refused first."""
+    actions = spec.actions or api.Actions()
+    unhealthy = actions.unhealthy
+    if unhealthy.remediate is None:
+        return
+    if unhealthy.taint == api.TaintEffect.NONE and not unhealthy.cordon:
+        raise InvalidObjectError(
+            "scenario.policy.actions.unhealthy", "needs a taint or a cordon to remediate"
+        )
+    try:
+        compile_ladder(unhealthy.remediate)
+    except ValueError as err:
+        field, _, problem = str(err).partition(": ")
+        raise InvalidObjectError(f"scenario.remediation.{field}", problem) from None
+
+
+def _behaviour(
+    path: str,
+    name: str,
+    *,
+    fixes: api.StepFix | None,
+    duration: str,
+    failure_rate: float,
+    config_map: str,
+) -> JobBehaviour:
+    # Written as a negation so that a YAML .nan is refused too.
+    if not 0.0 <= failure_rate <= 1.0:
+        raise InvalidObjectError(f"{path}.failureRate", "must be from 0 to 1")
+    seconds = _seconds(duration, f"{path}.duration")
+    return JobBehaviour(name, fixes, seconds, failure_rate, config_map)
 
 
 def _outages(raw: list[ApiServerRestart], duration: float) -> tuple[ApiServerOutage, ...]:

@@ -4,7 +4,7 @@ The readings have the shape NVML gives the real collector (an ``NvmlSnapshot`` o
 with ECC, row remapping and PCIe counters), so the agent code downstream cannot tell them from
 a real node's. Faults change exactly what the real fault changes: an uncorrectable ECC error
 bumps one GPU's volatile counter, a GPU off the bus disappears from the list; XIDs arrive as
-kernel-log events.
+kernel-log events. A GPU reset clears the volatile counters.
 """
 
 from __future__ import annotations
@@ -80,6 +80,17 @@ def with_uncorrectable_ecc(gpus: list[api.GpuStatus], gpu: int) -> list[api.GpuS
                     "aggregate_uncorrected": (status.ecc.aggregate_uncorrected or 0) + 1,
                 }
             )
+            out[i] = status.model_copy(update={"ecc": ecc})
+    return out
+
+
+def after_reset(gpus: list[api.GpuStatus], reset: set[int]) -> list[api.GpuStatus]:
+    """The GPUs after a reset of the GPUs ``reset`` (indexes): their volatile ECC counters,
+    which only a reset or a driver reload clears, are back at zero."""
+    out = list(gpus)
+    for i, status in enumerate(out):
+        if status.index in reset and status.ecc is not None:
+            ecc = status.ecc.model_copy(update={"volatile_corrected": 0, "volatile_uncorrected": 0})
             out[i] = status.model_copy(update={"ecc": ecc})
     return out
 

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +19,8 @@ from navarch import api
 from navarch.backoff import Backoff
 from navarch.errors import ApiError
 from navarch.node_agent.writer import GNH_COLLECTION
+from navarch.operator.verdict import is_active
+from navarch.sim import synthetic
 from navarch.sim.agents import AgentFleet, SimNode
 from navarch.sim.scenario import FaultKind
 
@@ -423,3 +425,79 @@ def test_a_fault_seen_while_writes_fail_waits_for_the_backoff(start_fleet: Start
 
     wait_for(lambda: server.last("sim-0001").xid_codes() == [79], "the other node's fault")
     assert server.attempts["sim-0000"] == 2
+
+
+def sim_node() -> SimNode:
+    return SimNode("sim-0003", 3, 0, 8, random.Random(11))
+
+
+def status_of(node: SimNode, now: datetime) -> api.GpuNodeHealthStatus:
+    return node.state.status(node.identity, kmsg_error=None, expected=node.gpus, now=now)
+
+
+def test_a_gpu_reset_stamps_the_gpus_reset_time_so_older_xids_stop_counting() -> None:
+    node = sim_node()
+    struck = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    gpu = node.apply(FaultKind.parse("xid 95"), struck)
+    assert gpu is not None
+    uuid = node.readings[gpu].uuid
+
+    reset = node.reset_gpus({uuid}, struck + timedelta(seconds=20))
+
+    assert reset == {gpu}
+    status = status_of(node, struck + timedelta(seconds=21))
+    stamped = {g.index: g.reset_time for g in status.gpus if g.reset_time is not None}
+    assert stamped == {gpu: struck + timedelta(seconds=20)}
+    assert len(status.gpus) == 8
+    assert [x.code for x in status.xids] == [95]
+    assert not is_active(status.xids[0], status.gpus, timedelta(hours=24), None, struck)
+    assert node.faults == []
+    assert node.fault_gpus == []
+
+
+def test_a_gpu_reset_heals_ecc_but_not_a_gpu_off_the_bus_nor_faults_on_other_gpus() -> None:
+    node = sim_node()
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    node.readings = synthetic.with_uncorrectable_ecc(node.readings, 1)
+    node.state.collected(synthetic.snapshot(node.readings), now)
+    node.faults, node.fault_gpus = [FaultKind.parse("ecc")], [1]
+    node.readings = synthetic.without_gpu(node.readings, 6)
+    node.state.collected(synthetic.snapshot(node.readings), now)
+    node.faults.append(FaultKind.parse("gpu-lost"))
+    node.fault_gpus.append(6)
+    node.state.add_xids([synthetic.xid_event(119, 2, now)])
+    node.faults.append(FaultKind.parse("xid 119"))
+    node.fault_gpus.append(2)
+    lost = "GPU-00000003-0006-4000-8000-000000000000"
+    ecc_uuid = node.readings[1].uuid
+
+    assert node.reset_gpus({ecc_uuid, lost}, now + timedelta(seconds=5)) == {1}
+
+    status = status_of(node, now + timedelta(seconds=6))
+    assert [str(f) for f in node.faults] == ["gpu-lost", "xid 119"]
+    assert node.fault_gpus == [6, 2]
+    assert all((g.ecc.volatile_uncorrected if g.ecc else 0) == 0 for g in status.gpus)
+    assert len(status.gpus) == 7
+
+
+def test_a_reset_naming_no_gpu_resets_every_gpu_nvml_lists() -> None:
+    node = sim_node()
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    node.apply(FaultKind.parse("gpu-lost"), now)
+
+    reset = node.reset_gpus(set(), now + timedelta(seconds=1))
+
+    assert len(reset) == 7
+    assert [str(f) for f in node.faults] == ["gpu-lost"]
+
+
+def test_a_fault_reports_the_gpu_it_struck_and_silence_none() -> None:
+    node = sim_node()
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+    gpu = node.apply(FaultKind.parse("ecc"), now)
+    quiet = node.apply(FaultKind.parse("silence"), now)
+
+    assert gpu is not None and 0 <= gpu < 8
+    assert quiet is None
+    assert node.fault_gpus == [gpu, None]

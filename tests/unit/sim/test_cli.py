@@ -10,7 +10,7 @@ import pytest
 from navarch.sim import cli
 from navarch.testing.controlplane import REPO_ROOT
 
-from .test_report import make_result, with_drains
+from .test_report import make_result, with_drains, with_remediation
 
 
 def test_check_accepts_the_examples_and_names_each(capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,3 +74,31 @@ def test_the_summary_of_a_run_without_drains_says_nothing_of_them() -> None:
     result["api"]["writesPerNodePerMinute"] = None
 
     assert "drain" not in cli.summary(result)
+
+
+def test_the_summary_gives_time_to_recovery_steps_and_phases_with_remediation() -> None:
+    result = with_remediation(make_result())
+    result["api"]["writesPerNodePerMinute"] = None
+
+    lines = cli.summary(result).splitlines()
+
+    assert any(
+        line.startswith("  time to recovery (fault to release): n=10 p50 ") for line in lines
+    )
+    assert (
+        "  remediation: 12 quarantines, 10 released, 2 NeedsService (sim-0008, sim-0027)" in lines
+    )
+    assert (
+        "  steps, operator's records: gpu-reset 2 Failed, 8 Succeeded; reboot 2 Failed, "
+        "5 Succeeded; validation 3 Failed, 10 Succeeded"
+    ) in lines
+    assert any(line.startswith("  Jobs: gpu-reset 2 Failed, 8 Succeeded;") for line in lines)
+    assert any(line.startswith("  time in Remediating: n=2 p50 ") for line in lines)
+    assert "  time in NeedsService: none, 2 still there" in lines
+
+
+def test_the_summary_of_a_run_without_remediation_says_nothing_of_it() -> None:
+    result = make_result()
+    result["api"]["writesPerNodePerMinute"] = None
+
+    assert "recovery (fault" not in cli.summary(result)

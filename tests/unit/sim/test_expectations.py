@@ -241,3 +241,35 @@ def test_nodes_without_spec_or_status_are_read_as_untainted_and_unconditioned() 
     assert mismatches(expected(), [bare]) == [
         "1 nodes have GpuHealthy other than expected (True): sim-0000"
     ]
+
+
+def needing_service(name: str, *, condition: str = TRUE) -> dict[str, Any]:
+    """A quarantined Node whose remediation ladder is spent."""
+    spent = node(name, taints=1, condition=condition)
+    spent["metadata"]["labels"] = {api.NEEDS_SERVICE_LABEL: "true"}
+    return spent
+
+
+def test_a_node_that_needs_service_stays_tainted_though_healthy() -> None:
+    fleet = [needing_service("sim-0000"), node("sim-0001")]
+
+    assert mismatches(expected(), fleet) == []
+
+
+def test_a_node_that_needs_service_counts_once_against_the_cap_with_a_fault_or_without() -> None:
+    fleet = [
+        needing_service("sim-0000", condition=FALSE),
+        needing_service("sim-0001"),
+        quarantined("sim-0002"),
+        node("sim-0003", condition=FALSE),
+    ]
+    want = expected(quarantinable=["sim-0000", "sim-0002", "sim-0003"], cap=3)
+
+    assert mismatches(want, fleet) == []
+
+
+def test_a_released_node_labelled_needs_service_is_still_expected_tainted() -> None:
+    fleet = [node("sim-0000")]
+    fleet[0]["metadata"]["labels"] = {api.NEEDS_SERVICE_LABEL: "true"}
+
+    assert mismatches(expected(), fleet) == ["0 nodes tainted, expected 1"]

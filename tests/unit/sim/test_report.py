@@ -376,3 +376,69 @@ def test_a_result_without_drains_shows_none_of_theirs() -> None:
     assert "GPU pods each" not in page
     assert "Drains" not in page
     assert "Quarantine → drained" not in page
+
+
+def with_remediation(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with the remediation section of a run with a ladder and a validation."""
+    recovered = [40.0 + i for i in range(10)]
+    result["remediation"] = {
+        "steps": [
+            {"name": "gpu-reset", "fixes": "GpuReset", "durationSeconds": 10.0, "failureRate": 0.3},
+            {"name": "reboot", "fixes": "Reboot", "durationSeconds": 30.0, "failureRate": 0.3},
+        ],
+        "validation": {
+            "name": "validation",
+            "fixes": None,
+            "durationSeconds": 15.0,
+            "failureRate": 0.15,
+        },
+        "quarantines": 12,
+        "released": 10,
+        "notReleased": 2,
+        "needsService": ["sim-0008", "sim-0027"],
+        "timeToRecovery": latency(recovered),
+        "stepOutcomes": {
+            "gpu-reset": {"Failed": 2, "Succeeded": 8},
+            "reboot": {"Failed": 2, "Succeeded": 5},
+            "validation": {"Failed": 3, "Succeeded": 10},
+        },
+        "jobs": {
+            "gpu-reset": {"Failed": 2, "Succeeded": 8},
+            "reboot": {"Failed": 2, "Succeeded": 5},
+            "validation": {"Failed": 3, "Succeeded": 10},
+        },
+        "phases": {
+            "Remediating": {**latency([20.0, 30.0]), "open": 0, "totalSeconds": 50.0},
+            "NeedsService": {**latency([]), "open": 2, "totalSeconds": 80.0},
+        },
+        "nodes": [],
+    }
+    return result
+
+
+def test_remediation_adds_time_to_recovery_its_card_steps_phases_and_cdf() -> None:
+    page = render_html(with_remediation(make_result()))
+
+    assert "<td>Fault → release (time to recovery)</td><td>10</td>" in page
+    assert "<h3>Remediation</h3>" in page
+    assert "<td>Released</td><td>10</td>" in page
+    assert "<td>NeedsService at the end</td><td>2</td>" in page
+    assert (
+        "<td>gpu-reset</td><td>10s (10 s)</td><td>0.30</td><td>2 Failed, 8 Succeeded</td>"
+        "<td>2 Failed, 8 Succeeded</td>"
+    ) in page
+    assert "<td>validation</td><td>15s (15 s)</td><td>0.15</td>" in page
+    assert "<td>Remediating</td><td>2</td><td>0</td>" in page
+    assert "<td>NeedsService</td><td>0</td><td>2</td><td>—</td>" in page
+    assert "NeedsService at the end: sim-0008, sim-0027" in page
+    assert len(svg_titled(page, "Latency CDF").findall(f"{SVG_NS}polyline")) == 3
+
+
+def test_a_result_without_remediation_shows_none_of_it() -> None:
+    result = make_result()
+    result["remediation"] = None
+    page = render_html(result)
+
+    assert "time to recovery" not in page
+    assert "Remediation" not in page
+    assert "lifecycle phase" not in page

@@ -596,3 +596,157 @@ def test_unrunnable_pods_or_drains_are_refused_naming_the_path(
     data: dict[str, Any], path: str
 ) -> None:
     assert refusal(data).startswith(f"{path}: ")
+
+
+def ladder(**keys: Any) -> dict[str, Any]:
+    """A scenario's remediation: a GPU reset, a reboot and a validation, with keys replaced."""
+    return {
+        "steps": [
+            {"name": "gpu-reset", "fixes": "GpuReset", "duration": "20s", "failureRate": 0.2},
+            {"name": "reboot", "fixes": "Reboot", "duration": "1m", "timeout": "5m"},
+        ],
+        "validation": {"duration": "30s", "failureRate": 0.05, "timeout": "2m"},
+        **keys,
+    }
+
+
+def test_no_remediation_leaves_the_policy_without_ladder_or_validation() -> None:
+    scenario = build()
+
+    assert scenario.remediation is None
+    assert scenario.remediates is False
+    assert (scenario.policy_spec.actions or api.Actions()).unhealthy.remediate is None
+    assert scenario.policy_spec.validation is None
+
+
+def test_remediation_becomes_the_unhealthy_actions_ladder_of_job_steps_and_a_validation() -> None:
+    scenario = build(
+        policy={"actions": {"unhealthy": {"taint": "NoExecute"}}},
+        remediation=ladder(startAt={"xid-needs-reset": "reboot"}),
+    )
+
+    actions = scenario.policy_spec.actions
+    assert actions is not None and actions.unhealthy.taint == "NoExecute"
+    remediate = actions.unhealthy.remediate
+    assert remediate is not None
+    assert [(s.name, s.fixes, s.timeout, s.attempts) for s in remediate.steps] == [
+        ("gpu-reset", api.StepFix.GPU_RESET, "15m", 1),
+        ("reboot", api.StepFix.REBOOT, "5m", 1),
+    ]
+    assert [s.job.config_map for s in remediate.steps if s.job] == [
+        "sim-step-gpu-reset",
+        "sim-step-reboot",
+    ]
+    assert remediate.start_at == {"xid-needs-reset": "reboot"}
+    validation = scenario.policy_spec.validation
+    assert validation is not None
+    assert (validation.job.config_map, validation.timeout) == ("sim-validation", "2m")
+    # What the simulator creates is what it checked.
+    assert scenario.policy["actions"]["unhealthy"]["remediate"]["steps"][0]["job"] == {
+        "configMap": "sim-step-gpu-reset"
+    }
+    assert scenario.remediates is True
+
+
+def test_each_steps_jobs_behave_as_the_scenario_says() -> None:
+    remediation = build(remediation=ladder()).remediation
+
+    assert remediation is not None
+    reset, reboot = remediation.steps
+    assert (reset.fixes, reset.duration, reset.failure_rate) == (api.StepFix.GPU_RESET, 20.0, 0.2)
+    assert (reboot.fixes, reboot.duration, reboot.failure_rate) == (api.StepFix.REBOOT, 60.0, 0.0)
+    assert remediation.validation is not None
+    assert (remediation.validation.duration, remediation.validation.failure_rate) == (30.0, 0.05)
+    assert remediation.behaviour("reboot") is reboot
+    assert remediation.behaviour("validation") is remediation.validation
+    assert remediation.behaviour("drain-check") is None
+    assert [j.name for j in remediation.jobs] == ["gpu-reset", "reboot", "validation"]
+
+
+def test_a_validation_alone_is_a_remediation_without_steps() -> None:
+    scenario = build(remediation={"validation": {"duration": "5s"}})
+
+    assert scenario.remediation is not None
+    assert scenario.remediation.steps == ()
+    assert scenario.policy_spec.validation is not None
+
+
+def test_a_dry_run_policy_lists_its_steps_but_the_simulator_runs_no_job() -> None:
+    assert build(policy={"dryRun": True}, remediation=ladder()).remediates is False
+
+
+def steps(*changed: dict[str, Any]) -> dict[str, Any]:
+    return ladder(steps=[{"name": "gpu-reset", "fixes": "GpuReset", **c} for c in changed])
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        (scenario_data(remediation={}), "scenario.remediation"),
+        (
+            scenario_data(remediation=steps({"failureRate": 1.5})),
+            "remediation.steps[0].failureRate",
+        ),
+        (
+            scenario_data(remediation=steps({"failureRate": -0.1})),
+            "remediation.steps[0].failureRate",
+        ),
+        (scenario_data(remediation=steps({"duration": "soon"})), "remediation.steps[0].duration"),
+        (scenario_data(remediation=steps({"timeout": "1 day"})), "remediation.steps[0].timeout"),
+        (scenario_data(remediation=steps({"attempts": 6})), "remediation.steps[0].attempts"),
+        (scenario_data(remediation=steps({"fixes": "Other"})), "remediation.steps[0].fixes"),
+        (scenario_data(remediation=steps({"name": "validation"})), "remediation.steps[0].name"),
+        (scenario_data(remediation=steps({}, {})), "scenario.remediation.steps[1].name"),
+        (
+            scenario_data(remediation=ladder(startAt={"xid-needs-reset": "nap"})),
+            "scenario.remediation.startAt.xid-needs-reset",
+        ),
+        (
+            scenario_data(remediation=ladder(validation={"failureRate": 2})),
+            "scenario.remediation.validation.failureRate",
+        ),
+        (
+            scenario_data(remediation=ladder(validation={"timeout": "-"})),
+            "scenario.remediation.validation.timeout",
+        ),
+        (
+            scenario_data(
+                policy={"actions": {"unhealthy": {"taint": "None"}}}, remediation=ladder()
+            ),
+            "scenario.policy.actions.unhealthy",
+        ),
+        (
+            scenario_data(policy={"actions": {"unhealthy": {"remediate": {"steps": []}}}}),
+            "scenario.policy.actions.unhealthy.remediate",
+        ),
+        (
+            scenario_data(policy={"validation": {"job": {"configMap": "x"}}}),
+            "scenario.policy.validation",
+        ),
+        (
+            scenario_data(policy={"remediationLimits": {"maxNodes": "150%"}}),
+            "scenario.policy.remediationLimits.maxNodes",
+        ),
+    ],
+    ids=[
+        "nothing-to-do",
+        "failure-rate-above-one",
+        "failure-rate-negative",
+        "duration",
+        "timeout",
+        "attempts",
+        "fixes-other",
+        "named-validation",
+        "name-twice",
+        "start-at-unknown-step",
+        "validation-failure-rate",
+        "validation-timeout",
+        "no-taint-or-cordon",
+        "policy-remediate",
+        "policy-validation",
+        "remediation-max-nodes",
+    ],
+)
+def test_unrunnable_remediation_is_refused_naming_the_path(data: dict[str, Any], path: str) -> None:
+    problem = refusal(data)
+    assert problem.startswith(f"{path}: ") or problem.startswith(f"scenario.{path}: "), problem

@@ -147,3 +147,14 @@ def test_xid_events_are_kernel_log_lines_read_by_the_agents_parser() -> None:
     assert (parsed.code, parsed.pci_bus_id, parsed.seq) == (79, synthetic.bus_id(3), 12)
     at = datetime(2025, 3, 1, tzinfo=UTC)
     assert synthetic.xid_event(79, 3, at) == kmsg.xid_event(parsed, at)
+
+
+def test_a_reset_clears_the_volatile_counters_of_the_gpus_reset_only() -> None:
+    broken = synthetic.with_uncorrectable_ecc(synthetic.with_uncorrectable_ecc(gpus(), 1), 4)
+
+    after = synthetic.after_reset(broken, {1})
+
+    assert after[1].ecc is not None and after[1].ecc.volatile_uncorrected == 0
+    assert after[1].ecc.aggregate_uncorrected == 1
+    assert after[4] == broken[4]
+    assert broken[1].ecc is not None and broken[1].ecc.volatile_uncorrected == 1
