@@ -19,6 +19,8 @@ from datetime import timedelta
 from navarch import api
 from navarch.durations import parse_duration
 
+VALIDATION = "validation"
+"""The name the policy's validation runs under, beside the ladder's steps."""
 _NEEDS = {"RESET_GPU": 1, "RESTART_BM": 2, "RESTART_VM": 2}
 _SERVICE_ACTIONS = frozenset({"CONTACT_SUPPORT", "CHECK_MECHANICALS"})
 _STRENGTH = {api.StepFix.GPU_RESET: 1, api.StepFix.REBOOT: 2}
@@ -65,6 +67,8 @@ def compile_ladder(spec: api.RemediationSpec) -> Ladder:
         where = f"steps[{i}]"
         if step.name in seen:
             raise ValueError(f"{where}.name: {step.name!r} is used more than once")
+        if step.name == VALIDATION:
+            raise ValueError(f"{where}.name: {VALIDATION!r} names the policy's validation")
         seen.add(step.name)
         if (step.job is None) == (step.template is None):
             raise ValueError(f"{where}: set exactly one of job and template")

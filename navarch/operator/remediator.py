@@ -39,7 +39,7 @@ from navarch.operator import metrics, step_objects
 from navarch.operator.history import closed, opened, wire
 from navarch.operator.index import Index
 from navarch.operator.kube import KubeApi
-from navarch.operator.ladder import Ladder, Rung, Step, next_rung, start
+from navarch.operator.ladder import VALIDATION, Ladder, Rung, Step, next_rung, start
 from navarch.operator.model import Event, EventType
 from navarch.operator.policy import Validation
 from navarch.operator.slots import Slots
@@ -53,7 +53,6 @@ POLL = 2.0
 """Seconds between looks at a node's remediation and the object of its running step."""
 ERROR_CAP = 30.0
 NOT_FOUND, CONFLICT = 404, 409
-VALIDATION = "validation"
 
 
 @dataclass(frozen=True)

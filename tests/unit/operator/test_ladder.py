@@ -77,6 +77,7 @@ def test_a_step_the_policy_dropped_climbs_from_where_the_ladder_was_entered() ->
     ("spec", "problem"),
     [
         ({"steps": [step("a"), step("a")]}, "steps[1].name"),
+        ({"steps": [step("validation")]}, "names the policy's validation"),
         ({"steps": [{"name": "a"}]}, "exactly one of job and template"),
         ({"steps": [step("a", timeout="soon")]}, "steps[0].timeout"),
         ({"steps": [step("a")], "startAt": {"r": "b"}}, "startAt.r"),
