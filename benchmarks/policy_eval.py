@@ -32,8 +32,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from navarch import api
+from navarch.operator.default_policy import default_policy
 from navarch.operator.model import HealthView, NodeView
-from navarch.operator.policy import VARIABLES, CompiledPolicy, default_policy
+from navarch.operator.policy import VARIABLES, CompiledPolicy
 from navarch.operator.rules import RuleInputs
 from navarch.operator.verdict import judge
 from navarch.wire import format_time, from_wire

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from navarch import crd
-from navarch.operator.policy import default_policy_object
+from navarch.operator.default_policy import default_policy_object
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CRD_DIRS = (REPO_ROOT / "crds", REPO_ROOT / "charts" / "navarch" / "crds")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from navarch import api
+from navarch.operator.default_policy import default_policy
 from navarch.operator.model import (
     HealthView,
     NodeView,
@@ -27,7 +28,6 @@ from navarch.operator.model import (
 from navarch.operator.policy import (
     CompiledPolicy,
     compile_generation,
-    default_policy,
     select_policy,
 )
 from navarch.operator.workqueue import WorkQueue

@@ -9,8 +9,7 @@ reported as a :class:`RuleError`.
 Selection: when several policies select a node, the highest ``priority`` wins and a tie goes to
 the alphabetically first name, so every operator replica picks the same policy.
 
-The ``default`` policy is every built-in rule (``rules``) with every default spelled out; the
-chart ships it, and the operator applies it when the cluster has no policy at all.
+The ``default`` policy is in ``default_policy``.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from navarch.operator import rules as builtin
 from navarch.operator.drain_plan import DrainRule, compile_drain
 from navarch.operator.ladder import Ladder, compile_ladder
 from navarch.operator.rules import Check, RuleInputs
-from navarch.wire import from_wire, to_wire
+from navarch.wire import from_wire
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +41,6 @@ _MACRO_BINDING = re.compile(
 )
 NO_ACTION = api.ActionSpec(taint=api.TaintEffect.NONE, cordon=False)
 _PERCENT = re.compile(r"^([0-9]{1,3})%$")
-
-DEFAULT_POLICY_NAME = "default"
-DEFAULT_PRIORITY = -100
-"""Below the API default of 0, so any policy a user writes wins where it selects a node."""
 
 
 @dataclass(frozen=True)
@@ -440,73 +435,3 @@ def storm_limit(max_unhealthy: int | str, governed: int) -> int:
     if allowed == 0 and governed > 0 and percent > 0:
         return 1
     return allowed
-
-
-GPU_RESET_JOB = "navarch-gpu-reset"
-REBOOT_JOB = "navarch-reboot"
-VALIDATION_JOB = "navarch-gpu-validate"
-"""ConfigMaps the chart ships in the operator's namespace, each with a Job in ``job.yaml``."""
-
-
-def default_ladder() -> api.RemediationSpec:
-    """Reset the GPUs at fault, then ask for a reboot; faults a reset or a reboot cannot fix
-    (the catalog's CONTACT_SUPPORT and CHECK_MECHANICALS, a failed row remap, a node that keeps
-    coming back) go straight to NeedsService."""
-    return api.RemediationSpec(
-        steps=[
-            api.RemediationStep(
-                name="gpu-reset",
-                fixes=api.StepFix.GPU_RESET,
-                job=api.JobTemplate(config_map=GPU_RESET_JOB),
-                timeout="10m",
-            ),
-            api.RemediationStep(
-                name="reboot",
-                fixes=api.StepFix.REBOOT,
-                job=api.JobTemplate(config_map=REBOOT_JOB),
-                # The Job only asks kured to reboot, and kured looks every --period (1h by
-                # default): the step's time covers that wait, the reboot and the report after.
-                timeout="2h",
-            ),
-        ],
-        start_at={
-            "row-remap-failure": api.NEEDS_SERVICE,
-            "repeat-offender": api.NEEDS_SERVICE,
-        },
-    )
-
-
-def default_policy_spec() -> api.GpuHealthPolicySpec:
-    """The default policy: every built-in rule and every default, spelled out; Unhealthy nodes
-    have their GPU pods drained and then go up the default ladder."""
-    return api.GpuHealthPolicySpec(
-        priority=DEFAULT_PRIORITY,
-        rules=[*builtin.default_rules(), builtin.repeat_offender()],
-        actions=api.Actions(
-            unhealthy=api.ActionSpec(
-                taint=api.TaintEffect.NO_SCHEDULE,
-                drain=api.DrainSpec(),
-                remediate=default_ladder(),
-            )
-        ),
-        drain_limits=api.DrainLimits(),
-        remediation_limits=api.RemediationLimits(),
-        recovery=api.Recovery(),
-        xids=api.XidPolicy(),
-    )
-
-
-def default_policy_object() -> dict[str, Any]:
-    """The ``default`` GpuHealthPolicy manifest, wire form, as the Helm chart ships it."""
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.GHP_KIND,
-        "metadata": {"name": DEFAULT_POLICY_NAME},
-        "spec": to_wire(default_policy_spec()),
-    }
-
-
-@functools.cache
-def default_policy() -> CompiledPolicy:
-    """The policy the operator applies when the cluster has no GpuHealthPolicy at all."""
-    return compile_policy(DEFAULT_POLICY_NAME, None, to_wire(default_policy_spec()))

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from navarch import api
-from navarch.operator.policy import (
+from navarch.operator.default_policy import (
     GPU_RESET_JOB,
     REBOOT_JOB,
     VALIDATION_JOB,

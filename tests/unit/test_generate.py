@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from navarch import generate
-from navarch.operator.policy import default_policy_object
+from navarch.operator.default_policy import default_policy_object
 
 FILES = generate.files()
 

@@ -14,9 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from navarch import api
+from navarch.operator.default_policy import default_policy
 from navarch.operator.model import NodeView
 from navarch.operator.node_plan import NodePlan, needs_new_quarantine, plan_node
-from navarch.operator.policy import CompiledPolicy, compile_policy, default_policy
+from navarch.operator.policy import CompiledPolicy, compile_policy
 from navarch.wire import format_time
 
 from .nodes import FOREIGN, KEY, node

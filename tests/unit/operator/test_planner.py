@@ -7,10 +7,11 @@ from typing import Any
 
 from navarch import api
 from navarch.gpu import GPU_PRESENT_LABEL
+from navarch.operator.default_policy import default_policy
 from navarch.operator.model import HealthView, NodeView
 from navarch.operator.node_plan import needs_new_quarantine
 from navarch.operator.planner import Plan, plan
-from navarch.operator.policy import compile_policy, default_policy
+from navarch.operator.policy import compile_policy
 from navarch.operator.verdict import judge
 from navarch.operator.xid_events import MAX_EVENTS, xid_events
 from navarch.wire import format_time, from_wire

@@ -15,13 +15,12 @@ from hypothesis import strategies as st
 from navarch import api
 from navarch.durations import format_duration, parse_duration
 from navarch.errors import PolicyError
-from navarch.operator import policy as policy_module
+from navarch.operator import default_policy as default_module
 from navarch.operator import rules
+from navarch.operator.default_policy import default_policy, default_policy_object
 from navarch.operator.policy import (
     CompiledPolicy,
     compile_policy,
-    default_policy,
-    default_policy_object,
     select_policy,
     storm_limit,
 )
@@ -396,7 +395,7 @@ def test_limit_rejects_bad_values(value: int | str) -> None:
 def test_default_policy_settings() -> None:
     policy = default_policy()
     assert policy.name == "default"
-    assert policy.priority == policy_module.DEFAULT_PRIORITY
+    assert policy.priority == default_module.DEFAULT_PRIORITY
     assert policy.healthy_for.total_seconds() == 120
     assert policy.heartbeat_timeout.total_seconds() == 120
     assert policy.xid_window.total_seconds() == 24 * 3600
@@ -405,7 +404,7 @@ def test_default_policy_settings() -> None:
         taint="NoSchedule",
         cordon=False,
         drain=api.DrainSpec(),
-        remediate=policy_module.default_ladder(),
+        remediate=default_module.default_ladder(),
     )
     ladder = policy.ladders["unhealthy"]
     assert [s.name for s in ladder.steps] == ["gpu-reset", "reboot"]

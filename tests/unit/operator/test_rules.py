@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from navarch.operator import rules
-from navarch.operator.policy import VARIABLES, CompiledPolicy, default_policy
+from navarch.operator.default_policy import default_policy
+from navarch.operator.policy import VARIABLES, CompiledPolicy
 from navarch.operator.rules import RuleInputs
 
 from .rule_inputs import inputs

@@ -15,6 +15,7 @@ STAGES = [
     ["drain_status", "history"],
     ["rules"],
     ["policy"],
+    ["default_policy"],
     ["verdict"],
     ["gnh_status", "xid_events", "node_plan"],
     ["planner"],

@@ -9,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from navarch import api
+from navarch.operator.default_policy import default_policy
 from navarch.operator.model import NodeView, Taint
-from navarch.operator.policy import compile_policy, default_policy
+from navarch.operator.policy import compile_policy
 from navarch.operator.storm import Candidate, StormState, admit, assess, candidates, protect
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

@@ -10,8 +10,9 @@ import pytest
 
 from navarch import api
 from navarch.gpu import GPU_PRESENT_LABEL
+from navarch.operator.default_policy import default_policy
 from navarch.operator.model import HealthView, NodeView
-from navarch.operator.policy import CompiledPolicy, compile_policy, default_policy
+from navarch.operator.policy import CompiledPolicy, compile_policy
 from navarch.operator.verdict import Judgement, is_active, judge
 from navarch.wire import format_time, from_wire, to_wire
 
