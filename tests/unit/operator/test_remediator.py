@@ -383,3 +383,24 @@ async def test_needs_service_survives_a_restart_and_nothing_runs_after_it() -> N
     assert rig.kube.nodes["gpu-1"]["metadata"]["labels"][api.NEEDS_SERVICE_LABEL] == "true"
     assert rig.jobs() == []
     await again.stop()
+
+
+@run
+async def test_a_restarted_operator_follows_the_validation_it_started() -> None:
+    rig = Rig()
+    rig.node()
+    check = Validation(api.JobTemplate(config_map="validate"), timedelta(minutes=5))
+    healthy = {"validation": check, "healthy": True, "release_due": True, "rules": ()}
+    rig.sync(rig.order(**healthy))
+    await rig.until(lambda: (rig.record().get("validation") or {}).get("phase") == "Running")
+    await rig.remediator.stop()
+    (job,) = rig.jobs("validation")
+
+    again = Remediator(rig.kube, rig.index, lambda: rig.now, NS, sleep=rig.sleep, rand=lambda: 1.0)
+    again.sync({"gpu-1": rig.order(**healthy)})
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert [j["metadata"]["name"] for j in rig.jobs("validation")] == [job["metadata"]["name"]]
+    rig.finish("validation")
+    await rig.until(lambda: (rig.record().get("validation") or {}).get("phase") == "Succeeded")
+    await again.stop()
