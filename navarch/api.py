@@ -17,7 +17,7 @@ from typing import Annotated, Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from navarch.gpu import GPU_RESOURCE
+from navarch.nvidia import GPU_RESOURCE
 from navarch.wire import camel, format_time, parse_time
 
 GROUP = "navarch.dev"

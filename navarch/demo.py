@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from navarch import api
-from navarch.gpu import GPU_RESOURCE
+from navarch.nvidia import GPU_RESOURCE
 from navarch.testing import fake_nvml
 from navarch.testing.controlplane import REPO_ROOT, ControlPlane, binary, die_with_parent
 from navarch.testing.workloads import GPUS_PER_NODE, WorkloadPlane

@@ -5,29 +5,17 @@ the kernel log names only the PCI bus id; an NVML XID event the UUID; a GPU that
 bus may be missing from NVML's list altogether. The UUID is the GPU's own and follows it
 through resets; the PCI bus id names its slot; the NVML index only orders the GPUs NVML sees
 now. So the order is UUID, then PCI bus id, then index, everywhere: two identities are the
-same GPU when they agree on the first identifier both know.
-
-The well-known names NVIDIA's software puts on Nodes are here too, next to the GPUs they count.
+same GPU when they agree on the first identifier both know. (The names NVIDIA's software puts
+on Nodes are in ``navarch.nvidia``.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from navarch.api import GpuStatus, XidRecord
 from navarch.pci import normalize_pci_bus_id
-
-if TYPE_CHECKING:
-    # Types only: the API's models name the GPU resource defined here.
-    from navarch.api import GpuStatus, XidRecord
-
-GPU_RESOURCE = "nvidia.com/gpu"
-"""The extended resource NVIDIA's device plugin advertises: one per schedulable GPU."""
-GPU_COUNT_LABEL = "nvidia.com/gpu.count"
-"""Node label from GPU feature discovery: the GPUs the node has."""
-GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
-"""Node label from GPU feature discovery on nodes that have GPUs."""
 
 
 @dataclass(frozen=True)

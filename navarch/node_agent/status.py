@@ -27,8 +27,9 @@ from typing import Any
 
 from navarch import api
 from navarch.api import AgentInfo, GpuNodeHealthStatus, GpuStatus, XidRecord
-from navarch.gpu import GPU_COUNT_LABEL, GPU_RESOURCE, GpuIdentity
+from navarch.gpu import GpuIdentity
 from navarch.node_agent.observation import NvmlSnapshot
+from navarch.nvidia import GPU_COUNT_LABEL, GPU_RESOURCE
 from navarch.wire import camel, to_wire
 
 LIVE_READINGS = frozenset({"temperatureC", "powerWatts", "memoryUsedMib", "utilizationPercent"})

@@ -22,7 +22,8 @@ from datetime import datetime
 from typing import Any
 
 from navarch import api
-from navarch.gpu import GPU_PRESENT_LABEL, GpuIdentity, gpu_label, xid_label
+from navarch.gpu import GpuIdentity, gpu_label, xid_label
+from navarch.nvidia import GPU_PRESENT_LABEL
 from navarch.xid_catalog import HARDWARE_ACTIONS, RESET_ACTIONS, UNKNOWN_ACTION
 
 RETIRED_PAGE_LIMIT = 64

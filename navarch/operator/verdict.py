@@ -34,7 +34,8 @@ from datetime import UTC, datetime, timedelta
 
 from navarch import api
 from navarch.durations import format_duration
-from navarch.gpu import GPU_PRESENT_LABEL, GpuIdentity
+from navarch.gpu import GpuIdentity
+from navarch.nvidia import GPU_PRESENT_LABEL
 from navarch.operator.model import HealthView, NodeView, Recorded
 from navarch.operator.policy import CompiledPolicy, RuleError, RuleMatch
 from navarch.operator.rules import RuleInputs

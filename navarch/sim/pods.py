@@ -32,8 +32,8 @@ from typing import Any
 
 from navarch.backoff import Backoff
 from navarch.errors import ApiError
-from navarch.gpu import GPU_RESOURCE
 from navarch.node_agent.kube import Credentials, KubeClient
+from navarch.nvidia import GPU_RESOURCE
 
 log = logging.getLogger(__name__)
 

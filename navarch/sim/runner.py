@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 from navarch import api
 from navarch.errors import ApiError
-from navarch.gpu import GPU_PRESENT_LABEL
 from navarch.node_agent.kube import KubeClient, load_kubeconfig
 from navarch.node_agent.writer import GNH_COLLECTION, NODE_COLLECTION
+from navarch.nvidia import GPU_PRESENT_LABEL
 from navarch.operator.policy import ACTION_NAMES, storm_limit
 from navarch.sim import drains, pods, probes, remediation, stats
 from navarch.sim.agents import RESET_HEALS, AgentFleet, SimNode

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from navarch.gpu import GPU_COUNT_LABEL, GPU_PRESENT_LABEL, GPU_RESOURCE
 from navarch.node_agent.kube import KubeClient, load_kubeconfig
+from navarch.nvidia import GPU_COUNT_LABEL, GPU_PRESENT_LABEL, GPU_RESOURCE
 from navarch.testing.controlplane import (
     Component,
     ControlPlane,

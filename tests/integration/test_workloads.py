@@ -14,7 +14,7 @@ from typing import Any
 
 from kubernetes import client
 
-from navarch.gpu import GPU_PRESENT_LABEL
+from navarch.nvidia import GPU_PRESENT_LABEL
 from navarch.testing.workloads import OUTCOME, RUNS_FOR
 
 from .chart import CHART, Release

@@ -26,7 +26,7 @@ from typing import Any
 from kubernetes import client
 
 from navarch import api
-from navarch.gpu import GPU_PRESENT_LABEL, GPU_RESOURCE
+from navarch.nvidia import GPU_PRESENT_LABEL, GPU_RESOURCE
 from navarch.testing import fake_nvml
 from navarch.testing.controlplane import die_with_parent
 from navarch.testing.operator_process import OperatorProcess

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from navarch import api
-from navarch.gpu import GPU_PRESENT_LABEL
+from navarch.nvidia import GPU_PRESENT_LABEL
 from navarch.operator.default_policy import default_policy
 from navarch.operator.model import HealthView, NodeView
 from navarch.operator.node_plan import needs_new_quarantine

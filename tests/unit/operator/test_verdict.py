@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from navarch import api
-from navarch.gpu import GPU_PRESENT_LABEL
+from navarch.nvidia import GPU_PRESENT_LABEL
 from navarch.operator.default_policy import default_policy
 from navarch.operator.model import HealthView, NodeView
 from navarch.operator.policy import CompiledPolicy, compile_policy

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from navarch.gpu import GPU_PRESENT_LABEL, GPU_RESOURCE
+from navarch.nvidia import GPU_PRESENT_LABEL, GPU_RESOURCE
 from navarch.testing.workloads import node_manifest
 
 
