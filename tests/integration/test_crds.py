@@ -96,6 +96,8 @@ def test_gnh_shows_printer_columns(crds: Cluster) -> None:
     name = unique("node-cols")
     crds.kubectl("create", "-f", "-", stdin=gnh_manifest(name))
     status = {"status": to_wire(full_status())}
+    status["status"]["verdict"].update(phase="Remediating", step="gpu-reset (attempt 1)")
+    status["status"]["drain"] = {"phase": "Drained", "action": "unhealthy"}
     crds.kubectl(
         "patch", "gnh", name, "--subresource=status", "--type=merge", "-p", json.dumps(status)
     )
@@ -106,15 +108,19 @@ def test_gnh_shows_printer_columns(crds: Cluster) -> None:
         "GPUS",
         "HEALTH",
         "ACTION",
+        "PHASE",
         "REASON",
+        "DRAIN",
         "LAST",
         "XID",
         "HEARTBEAT",
         "AGE",
     ]
     row = table[1].split()
-    assert row[:5] == [name, "1", "Unhealthy", "Taint", "RuleMatched"]
+    assert row[:7] == [name, "1", "Unhealthy", "Taint", "Remediating", "RuleMatched", "Drained"]
     assert "GPU_HAS_FALLEN_OFF_THE_BUS" in table[1]
+    wide = crds.kubectl("get", "gnh", name, "-o", "wide").stdout
+    assert "STEP" in wide.splitlines()[0] and "gpu-reset (attempt 1)" in wide
 
 
 def test_node_name_different_from_object_name_is_rejected(crds: Cluster) -> None:
