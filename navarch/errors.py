@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+NOT_FOUND = 404
+CONFLICT = 409
+"""HTTP statuses the API server's callers act on: the object is gone, or it changed (or already
+exists) under the call."""
+
 MAX_MESSAGE = 300
 """Characters kept of an error body that is not a Kubernetes Status."""
 

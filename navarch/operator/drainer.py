@@ -34,7 +34,7 @@ from datetime import datetime
 from navarch import api
 from navarch.backoff import Backoff
 from navarch.durations import format_duration
-from navarch.errors import ApiError
+from navarch.errors import CONFLICT, NOT_FOUND, ApiError
 from navarch.operator import metrics
 from navarch.operator.drain_plan import DrainRule, PodRef, Selection, select
 from navarch.operator.drain_status import Round, budget_of, deleting, progress, unmanaged
@@ -57,7 +57,6 @@ DRY_RUN_REFRESH = 30.0
 """How often a dry run looks again at what it would evict."""
 ACTIVE = frozenset({api.DrainPhase.DRAINING, api.DrainPhase.BLOCKED})
 FINISHED = frozenset({api.DrainPhase.DRAINED, api.DrainPhase.TIMED_OUT})
-NOT_FOUND, CONFLICT = 404, 409
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from datetime import datetime
 
 from navarch import api
 from navarch.backoff import Backoff
-from navarch.errors import ApiError
+from navarch.errors import NOT_FOUND, ApiError
 from navarch.operator import metrics, step_objects
 from navarch.operator.history import closed, opened, wire
 from navarch.operator.index import Index
@@ -52,7 +52,6 @@ DEFAULT_NAMESPACE = "navarch-system"
 POLL = 2.0
 """Seconds between looks at a node's remediation and the object of its running step."""
 ERROR_CAP = 30.0
-NOT_FOUND, CONFLICT = 404, 409
 
 
 @dataclass(frozen=True)

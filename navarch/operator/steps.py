@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from navarch import api
-from navarch.errors import ApiError
+from navarch.errors import CONFLICT, NOT_FOUND, ApiError
 from navarch.operator import step_objects
 from navarch.operator.kube import KubeApi
 from navarch.operator.ladder import Step
-
-NOT_FOUND, CONFLICT = 404, 409
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from navarch import api
-from navarch.errors import ApiError
+from navarch.errors import CONFLICT, NOT_FOUND, ApiError
 from navarch.operator import metrics
 from navarch.operator.index import Index
 from navarch.operator.kube import KubeApi, Target, unavailable
@@ -31,9 +31,6 @@ from navarch.operator.planner import Plan
 from navarch.operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
-
-CONFLICT = 409
-NOT_FOUND = 404
 
 
 class Writer:

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from navarch import api
-from navarch.errors import ApiError
+from navarch.errors import NOT_FOUND, ApiError
 from navarch.node_agent.kube import Credentials, KubeClient
 from navarch.operator.step_objects import GPU_UUIDS_ENV
 from navarch.sim.scenario import JobBehaviour, Remediation
@@ -46,7 +46,6 @@ quarantine ended."""
 RUNNING = "Running"
 RETRY_DELAY = 1.0
 """Seconds before a status write the API server did not answer is tried again."""
-NOT_FOUND = 404
 
 Heal = Callable[[str, JobBehaviour, set[str]], None]
 """Applies a successful step to the node: its name, the step, the GPUs the Job names."""

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from navarch import api
-from navarch.errors import ApiError
+from navarch.errors import CONFLICT, ApiError
 from navarch.node_agent.kube import KubeClient, load_kubeconfig
 from navarch.node_agent.writer import GNH_COLLECTION, NODE_COLLECTION
 from navarch.nvidia import GPU_PRESENT_LABEL
@@ -76,7 +76,6 @@ LIST_TIMEOUT = 120.0
 """Seconds to read a list of thousands of GpuNodeHealths on a busy machine."""
 PROGRESS_INTERVAL = 5.0
 API_SERVER_START_TIMEOUT = 120.0
-CONFLICT = 409
 NAVARCH_RESOURCES = frozenset({"nodes", "events", api.GNH_PLURAL, api.GHP_PLURAL})
 """What Navarch writes: the per-node write rate counts these, not the API server's own."""
 
