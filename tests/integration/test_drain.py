@@ -50,8 +50,22 @@ def wait_phase(world: WorkloadCluster, node: str, wanted: str) -> dict[str, Any]
     )
 
 
-def settle_on(world: WorkloadCluster, namespace: str, node: str, count: int) -> None:
-    eventually(lambda: pods_by_node(world, namespace).get(node) == count, timeout=60)
+def place(
+    world: WorkloadCluster, namespace: str, node: str, manifest: dict[str, Any], count: int
+) -> None:
+    """Create ``manifest`` and see its ``count`` pods run on ``node``. The other GPU nodes are
+    cordoned meanwhile: a preference alone can lose to the scheduler's spreading, and the
+    pods' later replacements must still be free to go elsewhere."""
+    others = [n for n in GPU_NODES if n != node]
+    for other in others:
+        world.cluster.kubectl("cordon", other)
+    try:
+        world.create(manifest)
+        selector = f"app={manifest['metadata']['name']}"
+        eventually(lambda: pods_by_node(world, namespace, selector).get(node) == count, timeout=60)
+    finally:
+        for other in others:
+            world.cluster.kubectl("uncordon", other)
 
 
 def cpu_deployment(namespace: str, name: str, replicas: int, node: str) -> dict[str, Any]:
@@ -78,8 +92,9 @@ def cpu_deployment(namespace: str, name: str, replicas: int, node: str) -> dict[
 
 def blocked_service(world: WorkloadCluster, namespace: str, node: str, replicas: int = 2) -> None:
     """A GPU service on ``node`` whose budget allows no disruption at all."""
-    world.create(gpu_deployment(namespace, "serve", replicas=replicas, prefer=node))
-    settle_on(world, namespace, node, replicas)
+    place(
+        world, namespace, node, gpu_deployment(namespace, "serve", replicas, prefer=node), replicas
+    )
     world.create(budget(namespace, "serve", replicas, "serve"))
     eventually(
         lambda: (
@@ -132,15 +147,8 @@ def test_gpu_pods_mode_moves_the_gpu_pods_and_leaves_cpu_pods(
 ) -> None:
     sick = GPU_NODES[1]
     with governed(fleet, **draining({"pods": "GpuPods"})), workloads.namespace() as namespace:
-        workloads.create(gpu_deployment(namespace, "train", replicas=3, prefer=sick))
-        workloads.create(cpu_deployment(namespace, "web", replicas=2, node=sick))
-        eventually(
-            lambda: (
-                pods_by_node(workloads, namespace, "app=train").get(sick) == 3
-                and pods_by_node(workloads, namespace, "app=web").get(sick) == 2
-            ),
-            timeout=60,
-        )
+        place(workloads, namespace, sick, gpu_deployment(namespace, "train", 3, prefer=sick), 3)
+        place(workloads, namespace, sick, cpu_deployment(namespace, "web", 2, node=sick), 2)
         web = {p["metadata"]["uid"] for p in workloads.pods(namespace, "app=web")}
         fleet.agents[sick].break_gpu()
         drain = wait_phase(workloads, sick, "Drained")
@@ -240,8 +248,7 @@ def test_a_dry_run_lists_what_it_would_evict_and_evicts_nothing(
 ) -> None:
     sick = GPU_NODES[1]
     with governed(fleet, dryRun=True, **draining()), workloads.namespace() as namespace:
-        workloads.create(gpu_deployment(namespace, "train", replicas=2, prefer=sick))
-        settle_on(workloads, namespace, sick, 2)
+        place(workloads, namespace, sick, gpu_deployment(namespace, "train", 2, prefer=sick), 2)
         before = sorted(p["metadata"]["uid"] for p in workloads.pods(namespace))
         fleet.agents[sick].break_gpu()
         drain = wait_phase(workloads, sick, "DryRun")
@@ -286,8 +293,8 @@ def test_at_most_the_configured_number_of_nodes_drain_at_once(
     spec = draining(maxNodes=1)
     with governed(fleet, maxUnhealthy=2, **spec), workloads.namespace() as namespace:
         blocked_service(workloads, namespace, first)
-        workloads.create(gpu_deployment(namespace, "train", replicas=1, prefer=second))
-        settle_on(workloads, namespace, second, 1)
+        train = gpu_deployment(namespace, "train", 1, prefer=second)
+        place(workloads, namespace, second, train, 1)
         fleet.agents[first].break_gpu()
         wait_phase(workloads, first, "Blocked")
         fleet.agents[second].break_gpu()
