@@ -99,13 +99,17 @@ def serviced(world: WorkloadCluster, *nodes: str) -> None:
 
 @contextlib.contextmanager
 def ladder(fleet: StandIns, *nodes: str, **spec: Any) -> Iterator[str]:
-    """A policy for one test; the nodes start with a clean slate and end released."""
+    """A policy for one test; the nodes start with a clean slate and end released, their
+    quarantines closed (the remediation record folded into the history), so the next test
+    reads no record of this one's."""
     serviced(fleet.world, *nodes)
     with governed(fleet, **spec) as policy:
         try:
             yield policy
         finally:
             serviced(fleet.world, *nodes)
+    for node in nodes:
+        eventually(lambda n=node: not record(fleet.world, n), timeout=TIMEOUT)
 
 
 def test_a_reset_that_works_and_a_validation_that_passes_release_the_node(
