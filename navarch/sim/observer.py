@@ -9,24 +9,13 @@ notes any node that ever carried Navarch's taint twice.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from navarch.backoff import Backoff
-from navarch.errors import ApiError
-from navarch.node_agent.kube import Credentials, KubeClient
-
-log = logging.getLogger(__name__)
-
-WATCH_SECONDS = 10
-"""Short watches: stopping waits for the current one to end, and renewing one is cheap."""
-CONNECT_TIMEOUT = 10.0
-RETRY_DELAY = 1.0
-MAX_RETRY_DELAY = 5.0
+from navarch.node_agent.kube import Credentials
+from navarch.sim.watch import Follower, Objects
 
 
 def navarch_taints(node: Mapping[str, Any], key: str) -> int:
@@ -43,22 +32,23 @@ class TaintObserver:
         key: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._client = KubeClient(
-            credentials, connect_timeout=CONNECT_TIMEOUT, read_timeout=WATCH_SECONDS + 30
-        )
-        self._selector = selector
         self._key = key
-        self._clock = clock
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._tainted: dict[str, bool] = {}
         self._count = 0
         self.transitions: dict[str, list[tuple[float, bool]]] = {}
         """Per node, (time, tainted) at every change, oldest first."""
         self.max_tainted = 0
         self.doubled: set[str] = set()
-        self.watch_errors = 0
+        self._follower = Follower(
+            credentials,
+            "/api/v1/nodes",
+            {"labelSelector": selector},
+            on_list=self._listed,
+            on_event=self._event,
+            name="sim-observer",
+            clock=clock,
+        )
 
     @property
     def tainted(self) -> int:
@@ -66,62 +56,20 @@ class TaintObserver:
             return self._count
 
     def start(self) -> None:
-        version = self._list()
-        self._thread = threading.Thread(
-            target=self._run, args=(version,), name="sim-observer", daemon=True
-        )
-        self._thread.start()
+        self._follower.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=WATCH_SECONDS + 5)
-        self._client.close()
+        self._follower.stop()
 
-    def _list(self) -> str:
-        body = self._client.get(_nodes({"labelSelector": self._selector}))
-        seen = self._clock()
-        for node in body.get("items") or []:
+    def _listed(self, nodes: Objects, seen: float) -> None:
+        for node in nodes:
             self._see(node, seen)
-        return str(body["metadata"]["resourceVersion"])
 
-    def _run(self, version: str) -> None:
-        # While the API server is away (a restart in the scenario), lists back off.
-        backoff = Backoff(RETRY_DELAY, MAX_RETRY_DELAY)
-        while not self._stop.is_set():
-            try:
-                version = self._watch(version)
-            except (ValueError, ApiError) as err:
-                # 410 Gone or a dropped connection: start again from a fresh list.
-                self.watch_errors += 1
-                log.info("node watch ended (%s); listing again", err)
-                time.sleep(backoff.next_delay())
-                try:
-                    version = self._list()
-                except (ValueError, ApiError) as again:
-                    log.warning("cannot list nodes: %s", again)
-                else:
-                    backoff.reset()
-
-    def _watch(self, version: str) -> str:
-        query = {
-            "labelSelector": self._selector,
-            "watch": "true",
-            "resourceVersion": version,
-            "allowWatchBookmarks": "true",
-            "timeoutSeconds": str(WATCH_SECONDS),
-        }
-        for event in self._client.watch(_nodes(query)):
-            seen = self._clock()
-            obj = event["object"]
-            version = obj["metadata"]["resourceVersion"]
-            if event.get("type") == "DELETED":
-                self._forget(obj["metadata"]["name"], seen)
-            elif event.get("type") != "BOOKMARK":
-                self._see(obj, seen)
-            if self._stop.is_set():
-                break
-        return version
+    def _event(self, kind: str, node: Mapping[str, Any], seen: float) -> None:
+        if kind == "DELETED":
+            self._forget(node["metadata"]["name"], seen)
+        else:
+            self._see(node, seen)
 
     def _see(self, node: Mapping[str, Any], at: float) -> None:
         name = node["metadata"]["name"]
@@ -155,7 +103,3 @@ class TaintObserver:
     def is_tainted(self, name: str) -> bool:
         with self._lock:
             return self._tainted.get(name, False)
-
-
-def _nodes(query: Mapping[str, str]) -> str:
-    return f"/api/v1/nodes?{urllib.parse.urlencode(query)}"

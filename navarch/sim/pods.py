@@ -22,27 +22,18 @@ end is the moment any client could see the node empty.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from navarch.backoff import Backoff
-from navarch.errors import ApiError
-from navarch.node_agent.kube import Credentials, KubeClient
+from navarch.node_agent.kube import Credentials
 from navarch.nvidia import GPU_RESOURCE
-
-log = logging.getLogger(__name__)
+from navarch.sim.watch import Follower, Objects
 
 OWNER_KIND = "ReplicaSet"
 OWNER_API_VERSION = "apps/v1"
-WATCH_SECONDS = 10
-CONNECT_TIMEOUT = 10.0
-RETRY_DELAY = 1.0
-MAX_RETRY_DELAY = 5.0
 
 
 def namespace(run_id: str) -> str:
@@ -110,22 +101,22 @@ class PodObserver:
         selector: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._client = KubeClient(
-            credentials, connect_timeout=CONNECT_TIMEOUT, read_timeout=WATCH_SECONDS + 30
-        )
-        self._namespace = namespace
-        self._selector = selector
-        self._clock = clock
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._on: dict[str, set[str]] = {}
         """Per node, the names of its pods."""
         self.removals: list[tuple[float, str]] = []
         """(time, node) of every pod deletion seen, oldest first."""
         self.emptied: dict[str, float] = {}
         """When each node that had pods was last seen with none left."""
-        self.watch_errors = 0
+        self._follower = Follower(
+            credentials,
+            f"/api/v1/namespaces/{namespace}/pods",
+            {"labelSelector": selector},
+            on_list=self._listed,
+            on_event=self._event,
+            name="sim-pods",
+            clock=clock,
+        )
 
     @property
     def left(self) -> int:
@@ -137,23 +128,14 @@ class PodObserver:
             return len(self._on.get(node, ()))
 
     def start(self) -> None:
-        version = self._list()
-        self._thread = threading.Thread(
-            target=self._run, args=(version,), name="sim-pods", daemon=True
-        )
-        self._thread.start()
+        self._follower.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=WATCH_SECONDS + 5)
-        self._client.close()
+        self._follower.stop()
 
-    def _list(self) -> str:
-        body = self._client.get(self._path({"labelSelector": self._selector}))
-        seen = self._clock()
+    def _listed(self, items: Objects, seen: float) -> None:
         listed: dict[str, set[str]] = {}
-        for pod in body.get("items") or []:
+        for pod in items:
             node, name = _identity(pod)
             listed.setdefault(node, set()).add(name)
         with self._lock:
@@ -162,48 +144,14 @@ class PodObserver:
                 for name in pods - listed.get(node, set()):
                     self._gone(node, name, seen)
             self._on = listed
-        return str(body["metadata"]["resourceVersion"])
 
-    def _run(self, version: str) -> None:
-        backoff = Backoff(RETRY_DELAY, MAX_RETRY_DELAY)
-        while not self._stop.is_set():
-            try:
-                version = self._watch(version)
-            except (ValueError, ApiError) as err:
-                self.watch_errors += 1
-                log.info("pod watch ended (%s); listing again", err)
-                time.sleep(backoff.next_delay())
-                try:
-                    version = self._list()
-                except (ValueError, ApiError) as again:
-                    log.warning("cannot list pods: %s", again)
-                else:
-                    backoff.reset()
-
-    def _watch(self, version: str) -> str:
-        query = {
-            "labelSelector": self._selector,
-            "watch": "true",
-            "resourceVersion": version,
-            "allowWatchBookmarks": "true",
-            "timeoutSeconds": str(WATCH_SECONDS),
-        }
-        for event in self._client.watch(self._path(query)):
-            seen = self._clock()
-            obj = event["object"]
-            version = obj["metadata"]["resourceVersion"]
-            kind = event.get("type")
+    def _event(self, kind: str, pod: Mapping[str, Any], seen: float) -> None:
+        node, name = _identity(pod)
+        with self._lock:
             if kind in ("ADDED", "MODIFIED"):
-                node, name = _identity(obj)
-                with self._lock:
-                    self._on.setdefault(node, set()).add(name)
+                self._on.setdefault(node, set()).add(name)
             elif kind == "DELETED":
-                node, name = _identity(obj)
-                with self._lock:
-                    self._gone(node, name, seen)
-            if self._stop.is_set():
-                break
-        return version
+                self._gone(node, name, seen)
 
     def _gone(self, node: str, name: str, at: float) -> None:
         pods = self._on.get(node, set())
@@ -213,9 +161,6 @@ class PodObserver:
         self.removals.append((at, node))
         if not pods:
             self.emptied[node] = at
-
-    def _path(self, query: Mapping[str, str]) -> str:
-        return f"/api/v1/namespaces/{self._namespace}/pods?{urllib.parse.urlencode(query)}"
 
 
 def _identity(pod: Mapping[str, Any]) -> tuple[str, str]:

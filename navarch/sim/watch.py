@@ -1,8 +1,8 @@
 """A list-then-watch loop on one collection, each event timestamped on arrival.
 
-The simulator's Job controller and its GpuNodeHealth observer follow their collections the way
-the taint and pod observers do: a list, then short watches from its resource version, and a
-fresh list after a watch ends in error (410 Gone, a dropped connection, an API server that is
+The simulator's taint, pod and GpuNodeHealth observers and its Job controller all follow their
+collections this way: a list, then short watches from its resource version, and a fresh list
+after a watch ends in error (410 Gone, a dropped connection, an API server that is
 restarting), backing off while the server is away. What the events mean is the caller's:
 ``on_list`` gets every object of a list, ``on_event`` each watch event, both with the time seen.
 """
