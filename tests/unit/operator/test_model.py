@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from navarch import api
-from navarch.operator.model import HealthView, NodeView
+from navarch.operator.model import (
+    HealthView,
+    NodeView,
+    stored_drain,
+    stored_history,
+    stored_remediation,
+)
 
 from .nodes import FOREIGN, KEY, node
 
@@ -85,3 +91,37 @@ def test_an_empty_status_is_no_status_and_edited_operator_keys_read_as_none() ->
     edited = HealthView.parse({"gpus": "x", "verdict": {"health": 3}, "conditions": [1]}, {}, 1)
     assert edited.error is not None
     assert (edited.recorded.verdict, edited.recorded.conditions) == (None, [])
+
+
+def test_edited_drain_remediation_and_history_records_leave_the_facts_readable() -> None:
+    status = {
+        "gpuCount": 8,
+        "drain": {"phase": 5},
+        "remediation": {"steps": "many"},
+        "history": [
+            {"quarantineTime": "yesterday"},
+            {"quarantineTime": "2026-01-02T00:00:00Z", "outcome": "Released"},
+        ],
+    }
+    view = HealthView.parse(status, {}, 1)
+    assert view.error is None
+    assert view.status is not None and view.status.gpu_count == 8
+    assert stored_drain(status) is None
+    assert stored_remediation(status) is None
+    # The unreadable history record is left out; the readable one still counts for rules.
+    assert [h["outcome"] for h in view.wire_history] == ["Released"]
+    assert [h.outcome for h in stored_history(status)] == ["Released"]
+
+
+def test_quarantines_before_the_serviced_annotation_no_longer_count() -> None:
+    status = {
+        "history": [
+            {"quarantineTime": "2026-01-01T00:00:00Z", "outcome": "Released"},
+            {"quarantineTime": "2026-01-03T00:00:00Z", "outcome": "Open"},
+        ]
+    }
+    serviced = {api.SERVICED_ANNOTATION: "2026-01-02T00:00:00Z"}
+    view = HealthView.parse(status, serviced, 1)
+    assert [h["outcome"] for h in view.wire_history] == ["Open"]
+    unreadable = HealthView.parse(status, {api.SERVICED_ANNOTATION: "last week"}, 1)
+    assert len(unreadable.wire_history) == 2
